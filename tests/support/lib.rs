@@ -1,1 +1,86 @@
+//! gen-tests support: locating the golden fixtures and comparing against their tolerances.
+//!
+//! Fixtures live in `$GEN_GOLDEN_DIR` (default `../shared/golden` from the workspace root). When a
+//! fixture is missing the test is skipped with a message, unless `GEN_REQUIRE_GOLDEN=1`, which fails it.
 
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+
+pub fn golden_dir() -> PathBuf {
+    match std::env::var_os("GEN_GOLDEN_DIR") {
+        Some(d) => PathBuf::from(d),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/golden"),
+    }
+}
+
+fn require() -> bool {
+    std::env::var("GEN_REQUIRE_GOLDEN").is_ok_and(|v| v == "1")
+}
+
+/// The fixture path `rel` under the golden folder, or `None` (skip) when it is missing; with
+/// `GEN_REQUIRE_GOLDEN=1` a missing fixture panics, so the test fails.
+pub fn fixture(rel: &str) -> Option<PathBuf> {
+    let p = golden_dir().join(rel);
+    if p.exists() {
+        return Some(p);
+    }
+    if require() {
+        panic!("golden fixture {} is missing and GEN_REQUIRE_GOLDEN=1", p.display());
+    }
+    eprintln!("SKIPPED: golden fixture {} not found (set GEN_GOLDEN_DIR)", p.display());
+    None
+}
+
+pub fn load(path: &Path) -> HashMap<String, Tensor> {
+    candle_core::safetensors::load(path, &Device::Cpu).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// Tolerances of one fixture folder (`tolerances.json`: key "file:tensor" → {atol, rtol} or "exact").
+pub struct Tolerances(serde_json::Value);
+
+impl Tolerances {
+    pub fn open(folder: &Path) -> Tolerances {
+        let p = folder.join("tolerances.json");
+        let text = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        Tolerances(serde_json::from_str(&text).expect("tolerances.json parses"))
+    }
+
+    /// (atol, rtol) for `key` ("f16-tiny/outputs.safetensors:xrec"); exact entries give (0, 0).
+    pub fn get(&self, key: &str) -> (f64, f64) {
+        let e = self.0.get(key).unwrap_or_else(|| panic!("no tolerance for {key}"));
+        let atol = e.get("atol").and_then(|v| v.as_f64()).unwrap_or(0.0);
+        let rtol = e.get("rtol").and_then(|v| v.as_f64()).unwrap_or(0.0);
+        (atol, rtol)
+    }
+}
+
+pub fn to_f64(t: &Tensor) -> Vec<f64> {
+    t.to_dtype(DType::F64).and_then(|t| t.flatten_all()).and_then(|t| t.to_vec1::<f64>()).expect("tensor to f64")
+}
+
+/// Asserts `|got − want| ≤ atol + rtol·|want|` elementwise (shapes must agree) and returns the worst
+/// used fraction of the tolerance (`max |diff| / (atol + rtol·|want|)`, ≤ 1 when passing).
+pub fn assert_close(what: &str, got: &Tensor, want: &Tensor, atol: f64, rtol: f64) -> f64 {
+    assert_eq!(got.dims(), want.dims(), "{what}: shape");
+    let (g, w) = (to_f64(got), to_f64(want));
+    let mut worst = 0f64;
+    for (i, (a, b)) in g.iter().zip(&w).enumerate() {
+        let tol = atol + rtol * b.abs();
+        let d = (a - b).abs();
+        assert!(d <= tol, "{what}: element {i}: got {a}, want {b}, |diff| {d:.3e} > tol {tol:.3e}");
+        worst = worst.max(if tol > 0.0 { d / tol } else { 0.0 });
+    }
+    eprintln!("parity {what}: {:.1}% of tolerance used", worst * 100.0);
+    worst
+}
+
+/// Asserts integer tensors are identical.
+pub fn assert_exact(what: &str, got: &Tensor, want: &Tensor) {
+    let g: Vec<i64> = got.to_dtype(DType::I64).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+    let w: Vec<i64> = want.to_dtype(DType::I64).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+    assert_eq!(g.len(), w.len(), "{what}: length");
+    let bad: Vec<usize> = (0..g.len()).filter(|&i| g[i] != w[i]).collect();
+    assert!(bad.is_empty(), "{what}: {} of {} differ, first at {} (got {}, want {})", bad.len(), g.len(), bad[0], g[bad[0]], w[bad[0]]);
+}

@@ -1,1 +1,13 @@
+//! gen-tokenizer: VQGAN-LC, numerically the official `vqgan-gpt-lc/models` code.
 
+pub mod blocks;
+pub mod config;
+pub mod decoder;
+pub mod encoder;
+pub mod load;
+pub mod model;
+pub mod quantizer;
+
+pub use config::{Projector, QuantizerKind, VqConfig};
+pub use load::{load_tokenizer, read_weights, write_model_dir, TokenizerWeights};
+pub use model::VqModel;

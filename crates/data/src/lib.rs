@@ -1,0 +1,3 @@
+//! gen-data: the data sets `gen` trains and evaluates on.
+
+pub mod fmnist;

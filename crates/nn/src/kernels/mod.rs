@@ -1,0 +1,16 @@
+//! The op entry points every model calls. Each dispatches to our fused CPU kernel where one exists and
+//! to a composition of Candle ops elsewhere (CUDA), so every device gets correct values and gradients.
+
+pub mod reference;
+
+use candle_core::{Result, Tensor};
+
+/// `conv2d(x, w) + b` with symmetric zero padding.
+pub fn conv2d(x: &Tensor, w: &Tensor, b: Option<&Tensor>, stride: usize, padding: usize) -> Result<Tensor> {
+    reference::conv2d(x, w, b, stride, padding)
+}
+
+/// GroupNorm with affine `weight`/`bias` [C], optionally followed by SiLU.
+pub fn group_norm(x: &Tensor, w: &Tensor, b: &Tensor, groups: usize, eps: f64, silu: bool) -> Result<Tensor> {
+    reference::group_norm(x, w, b, groups, eps, silu)
+}

@@ -1,0 +1,30 @@
+//! Straightforward compositions of Candle ops: the reference our fused kernels are tested against, and
+//! the path on devices without a fused kernel. Only ops with correct gradients are used (CANDLE-NOTES §2).
+
+use candle_core::{DType, Result, Tensor, D};
+
+pub fn conv2d(x: &Tensor, w: &Tensor, b: Option<&Tensor>, stride: usize, padding: usize) -> Result<Tensor> {
+    let y = x.conv2d(w, padding, stride, 1, 1)?;
+    match b {
+        Some(b) => y.broadcast_add(&b.reshape((1, b.elem_count(), 1, 1))?),
+        None => Ok(y),
+    }
+}
+
+pub fn group_norm(x: &Tensor, w: &Tensor, b: &Tensor, groups: usize, eps: f64, silu: bool) -> Result<Tensor> {
+    let dims = x.dims().to_vec();
+    let (n, c) = (dims[0], dims[1]);
+    let dtype = x.dtype();
+    let xg = x.to_dtype(DType::F32)?.reshape((n, groups, ()))?;
+    let mean = xg.mean_keepdim(D::Minus1)?;
+    let xc = xg.broadcast_sub(&mean)?;
+    let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
+    let xn = xc.broadcast_div(&(var + eps)?.sqrt()?)?.reshape(dims.as_slice())?;
+    let mut shape = vec![1usize; dims.len()];
+    shape[1] = c;
+    let y = xn
+        .broadcast_mul(&w.to_dtype(DType::F32)?.reshape(shape.as_slice())?)?
+        .broadcast_add(&b.to_dtype(DType::F32)?.reshape(shape.as_slice())?)?;
+    let y = if silu { candle_nn::ops::silu(&y)? } else { y };
+    y.to_dtype(dtype)
+}

@@ -1,0 +1,112 @@
+//! Loading weights by official key names, with errors a user can act on.
+//!
+//! Candle's own backends say `cannot find tensor X`; ours names the source file, the missing key and the
+//! shape the model expected, and a wrong shape names both shapes. A `VarBuilder` built here never
+//! invents a tensor (Candle's VarMap silently zero-initialises a mistyped name).
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+
+use candle_core::{DType, Device, Result, Shape, Tensor, Var};
+use candle_nn::{Init, VarBuilder};
+
+/// A named set of tensors from one source (a file, or Vars for training).
+pub struct Weights {
+    source: String,
+    tensors: HashMap<String, Tensor>,
+    used: Arc<Mutex<BTreeSet<String>>>,
+}
+
+impl Weights {
+    pub fn new(source: impl Into<String>, tensors: HashMap<String, Tensor>) -> Self {
+        Weights { source: source.into(), tensors, used: Default::default() }
+    }
+
+    /// Names in the source that the model never asked for (discriminator, LPIPS, …).
+    pub fn unused(&self) -> Vec<String> {
+        let used = self.used.lock().expect("weights lock");
+        let mut v: Vec<String> = self.tensors.keys().filter(|k| !used.contains(*k)).cloned().collect();
+        v.sort();
+        v
+    }
+
+    pub fn names_used(&self) -> Vec<String> {
+        self.used.lock().expect("weights lock").iter().cloned().collect()
+    }
+
+    /// A VarBuilder over these weights; the Weights keep track of what was read.
+    pub fn var_builder(&self, dtype: DType, dev: &Device) -> VarBuilder<'static> {
+        let backend = Backend {
+            source: self.source.clone(),
+            tensors: self.tensors.clone(),
+            used: self.used.clone(),
+        };
+        VarBuilder::from_backend(Box::new(backend), dtype, dev.clone())
+    }
+}
+
+struct Backend {
+    source: String,
+    tensors: HashMap<String, Tensor>,
+    used: Arc<Mutex<BTreeSet<String>>>,
+}
+
+impl candle_nn::var_builder::SimpleBackend for Backend {
+    fn get(&self, s: Shape, name: &str, _: Init, dtype: DType, dev: &Device) -> Result<Tensor> {
+        let t = self.get_unchecked(name, dtype, dev).map_err(|_| {
+            candle_core::Error::Msg(format!("{}: missing key '{name}' (expected {:?})", self.source, s.dims()))
+        })?;
+        if t.shape() != &s {
+            candle_core::bail!(
+                "{}: tensor '{name}' has shape {:?}, expected {:?}",
+                self.source,
+                t.dims(),
+                s.dims()
+            );
+        }
+        Ok(t)
+    }
+
+    fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> Result<Tensor> {
+        let t = self
+            .tensors
+            .get(name)
+            .ok_or_else(|| candle_core::Error::Msg(format!("{}: missing key '{name}'", self.source)))?;
+        self.used.lock().expect("weights lock").insert(name.to_string());
+        t.to_device(dev)?.to_dtype(dtype)
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.tensors.contains_key(name)
+    }
+}
+
+/// Trainable parameters: every tensor becomes a `Var` whose tensor the model reads, so gradients of a
+/// `backward()` are found under the same names.
+pub struct Params {
+    pub vars: Vec<(String, Var)>,
+}
+
+impl Params {
+    /// Makes Vars of the tensors whose names `trainable` accepts; the rest stay constants.
+    pub fn from_tensors(
+        tensors: &HashMap<String, Tensor>,
+        trainable: impl Fn(&str) -> bool,
+    ) -> Result<(Params, HashMap<String, Tensor>)> {
+        let mut vars = Vec::new();
+        let mut out = HashMap::new();
+        let mut names: Vec<&String> = tensors.keys().collect();
+        names.sort();
+        for name in names {
+            let t = &tensors[name];
+            if trainable(name) {
+                let v = Var::from_tensor(&t.to_dtype(DType::F32)?)?;
+                out.insert(name.clone(), v.as_tensor().clone());
+                vars.push((name.clone(), v));
+            } else {
+                out.insert(name.clone(), t.clone());
+            }
+        }
+        Ok((Params { vars }, out))
+    }
+}

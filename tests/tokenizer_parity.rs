@@ -1,0 +1,222 @@
+//! Golden parity of the VQGAN-LC tokenizer against the official PyTorch code
+//! (`../shared/golden/tokenizer`, see its README for how each file was made and the tolerances).
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+use gen_nn::{Params, Weights};
+use gen_tests::{assert_close, assert_exact, fixture, load, Tolerances};
+use gen_tokenizer::{read_weights, VqConfig, VqModel};
+
+/// `resolution:` from the fixture's official `config.yaml` (it places the attention layers).
+fn yaml_resolution(dir: &Path) -> usize {
+    let text = std::fs::read_to_string(dir.join("config.yaml")).unwrap();
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix("resolution:").map(|v| v.trim().parse().unwrap()))
+        .expect("resolution in config.yaml")
+}
+
+fn check(tol: &Tolerances, cfg: &str, file: &str, name: &str, got: &Tensor, want: &Tensor) -> f64 {
+    let (atol, rtol) = tol.get(&format!("{cfg}/{file}:{name}"));
+    assert_close(&format!("{cfg} {name}"), got, want, atol, rtol)
+}
+
+/// Every intermediate of the eval forward pass, from `weights.safetensors`.
+fn forward_parity(cfg: &str) {
+    let Some(root) = fixture("tokenizer") else { return };
+    let dir = root.join(cfg);
+    let tol = Tolerances::open(&root);
+    let res = yaml_resolution(&dir);
+    let w = read_weights(&dir.join("weights.safetensors"), None, Some(res)).unwrap();
+    assert_eq!(w.config.resolution, res);
+    let (mut model, weights) = w.build(DType::F32, &Device::Cpu).unwrap();
+    model.quantizer.freeze_projection().unwrap();
+    let unused = weights.unused();
+    assert!(unused.is_empty(), "weights the model never read: {unused:?}");
+    forward_checks(cfg, &model, &root, &tol);
+}
+
+fn forward_checks(cfg: &str, model: &VqModel, root: &Path, tol: &Tolerances) {
+    let dir = root.join(cfg);
+    let x = &load(&dir.join("inputs.safetensors"))["x"];
+    let want = load(&dir.join("outputs.safetensors"));
+    let o = "outputs.safetensors";
+    let mut acts: HashMap<String, Tensor> = HashMap::new();
+    let h = model.encoder.forward_traced(x, &mut |n, t| {
+        acts.insert(n.to_string(), t.clone());
+    }).unwrap();
+    check(tol, cfg, o, "h", &h, &want["h"]);
+    let z = model.encode_latent(x).unwrap();
+    check(tol, cfg, o, "z", &z, &want["z"]);
+    check(tol, cfg, o, "codebook_projected", &model.quantizer.codebook().unwrap(), &want["codebook_projected"]);
+    let q = model.quantizer.quantize(&z).unwrap();
+    assert_exact(&format!("{cfg} indices"), &q.indices, &want["indices"]);
+    check(tol, cfg, o, "z_q", &q.z_q, &want["z_q"]);
+    let side = (q.indices.dim(1).unwrap() as f64).sqrt() as usize;
+    let lookup = model.quantizer.embed(&q.indices, side, side).unwrap();
+    check(tol, cfg, o, "z_q_lookup", &lookup, &want["z_q_lookup"]);
+    check(tol, cfg, o, "qloss", &q.loss.reshape(1).unwrap(), &want["qloss"]);
+    let q_mse = (&q.z_q - &z).unwrap().sqr().unwrap().mean_all().unwrap().reshape(1).unwrap();
+    check(tol, cfg, o, "q_mse", &q_mse, &want["q_mse"]);
+    let post = model.post_quant_conv.forward_t(&q.z_q);
+    check(tol, cfg, o, "post_quant", &post, &want["post_quant"]);
+    let mut dacts: HashMap<String, Tensor> = HashMap::new();
+    let xrec = model.decoder.forward_traced(&post, &mut |n, t| {
+        dacts.insert(n.to_string(), t.clone());
+    }).unwrap();
+    check(tol, cfg, o, "xrec", &xrec, &want["xrec"]);
+    let from_ids = model.decode_indices(&want["indices"], None).unwrap();
+    check(tol, cfg, o, "xrec_from_indices", &from_ids, &want["xrec_from_indices"]);
+    acts.extend(dacts);
+    for (name, t) in &want {
+        if let Some(block) = name.strip_prefix("act.") {
+            check(tol, cfg, o, name, &acts[block], t);
+        }
+    }
+}
+
+trait ForwardT {
+    fn forward_t(&self, x: &Tensor) -> Tensor;
+}
+impl ForwardT for gen_nn::Conv2d {
+    fn forward_t(&self, x: &Tensor) -> Tensor {
+        candle_core::Module::forward(self, x).unwrap()
+    }
+}
+
+#[test]
+fn lc_f16_tiny_matches_official_forward() {
+    forward_parity("f16-tiny");
+}
+
+#[test]
+fn lc_f8_tiny_with_mlp_projector_matches_official_forward() {
+    forward_parity("f8-tiny");
+}
+
+#[test]
+fn lc_mult_tiny_with_nin_shortcut_matches_official_forward() {
+    forward_parity("mult-tiny");
+}
+
+#[test]
+fn official_checkpoint_pth_with_codebook_gives_identical_outputs() {
+    let Some(root) = fixture("tokenizer") else { return };
+    let dir = root.join("f16-tiny");
+    let tol = Tolerances::open(&root);
+    // resolution comes from the checkpoint's own `args.image_size` (64)
+    let w = read_weights(&dir.join("checkpoint.pth"), Some(&dir.join("codebook_init.pth")), None).unwrap();
+    assert_eq!(w.config.resolution, 64);
+    let (mut model, _) = w.build(DType::F32, &Device::Cpu).unwrap();
+    model.quantizer.freeze_projection().unwrap();
+    forward_checks("f16-tiny", &model, &root, &tol);
+    // and without --codebook: the state dict carries tok_embeddings.weight
+    let w2 = read_weights(&dir.join("checkpoint.pth"), None, None).unwrap();
+    assert_eq!(w2.config, w.config);
+}
+
+/// The gradient case: `loss = mean|x − decode(encode(x))| + 0.1·qloss`, one backward, train mode.
+fn gradient_parity(cfg: &str) {
+    let Some(root) = fixture("tokenizer") else { return };
+    let dir = root.join(cfg);
+    let tol = Tolerances::open(&root);
+    let w = read_weights(&dir.join("weights.safetensors"), None, Some(yaml_resolution(&dir))).unwrap();
+    let (params, tensors) = Params::from_tensors(&w.tensors, |n| n != "tok_embeddings.weight").unwrap();
+    let weights = Weights::new(cfg, tensors);
+    let model = VqModel::new(weights.var_builder(DType::F32, &Device::Cpu), &w.config).unwrap();
+    let x = &load(&dir.join("inputs.safetensors"))["x"];
+    let want = load(&dir.join("grads.safetensors"));
+    let q = model.encode(x).unwrap();
+    let xrec = model.decode(&q.z_q).unwrap();
+    let rec = gen_nn::ops::l1_loss(x, &xrec).unwrap();
+    let loss = (&rec + (&q.loss * 0.1).unwrap()).unwrap();
+    let g = "grads.safetensors";
+    check(&tol, cfg, g, "loss", &loss.reshape(1).unwrap(), &want["loss"]);
+    check(&tol, cfg, g, "rec_loss", &rec.reshape(1).unwrap(), &want["rec_loss"]);
+    check(&tol, cfg, g, "qloss", &q.loss.reshape(1).unwrap(), &want["qloss"]);
+    let grads = loss.backward().unwrap();
+    let by_name: HashMap<&str, &candle_core::Var> = params.vars.iter().map(|(n, v)| (n.as_str(), v)).collect();
+    for (name, t) in &want {
+        let Some(p) = name.strip_prefix("grad.") else { continue };
+        let got = grads.get(by_name[p].as_tensor()).unwrap_or_else(|| panic!("{p}: no gradient"));
+        check(&tol, cfg, g, name, got, t);
+        // gradients are small: also hold them to 1e-3 of their largest magnitude
+        let diff = (got - t).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        let scale = t.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(diff <= 1e-3 * scale, "{cfg} {name}: relative gradient error {} > 1e-3", diff / scale);
+    }
+    // the frozen codebook is no parameter and gets no gradient; every parameter gets one
+    assert_eq!(want["tok_embeddings_has_grad"].to_vec1::<i64>().unwrap(), vec![0]);
+    assert!(!by_name.contains_key("tok_embeddings.weight"));
+    let missing: Vec<&str> = params.vars.iter().filter(|(_, v)| grads.get(v.as_tensor()).is_none()).map(|(n, _)| n.as_str()).collect();
+    assert!(missing.is_empty(), "parameters without a gradient: {missing:?}");
+}
+
+#[test]
+fn lc_f16_tiny_gradients_match_official_straight_through() {
+    gradient_parity("f16-tiny");
+}
+
+#[test]
+fn lc_f8_tiny_gradients_match_official_mlp_projector() {
+    gradient_parity("f8-tiny");
+}
+
+#[test]
+fn lc_mult_tiny_gradients_match_official_nin_shortcut() {
+    gradient_parity("mult-tiny");
+}
+
+#[test]
+fn lc_100k_quantizer_indices_and_utilisation_match_official() {
+    let Some(root) = fixture("tokenizer") else { return };
+    let dir = root.join("quantizer-100k");
+    let tol = Tolerances::open(&root);
+    let weights = load(&dir.join("weights.safetensors"));
+    let case = load(&dir.join("case.safetensors"));
+    let cb = &weights["tok_embeddings.weight"];
+    let cfg = VqConfig { codebook_size: cb.dim(0).unwrap(), codebook_dim: cb.dim(1).unwrap(), embed_dim: 8, ..VqConfig::f16() };
+    let w = Weights::new("quantizer-100k/weights.safetensors", weights);
+    let mut q = gen_tokenizer::quantizer::LcQuantizer::new(w.var_builder(DType::F32, &Device::Cpu), &cfg).unwrap();
+    q.freeze_projection().unwrap();
+    let out = q.quantize(&case["z"]).unwrap();
+    assert_exact("100k indices", &out.indices, &case["indices"]);
+    let mut ids = out.indices.flatten_all().unwrap().to_vec1::<u32>().unwrap();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len() as i64, case["utilisation"].to_vec1::<i64>().unwrap()[0]);
+    let f = "case.safetensors";
+    check(&tol, "quantizer-100k", f, "z_q", &out.z_q, &case["z_q"]);
+    check(&tol, "quantizer-100k", f, "qloss", &out.loss.reshape(1).unwrap(), &case["qloss"]);
+}
+
+#[test]
+fn ema_quantizer_updates_match_official_including_blow_up() {
+    let Some(root) = fixture("tokenizer") else { return };
+    let tol = Tolerances::open(&root);
+    let case = load(&root.join("ema/case.safetensors"));
+    let f = "case.safetensors";
+    // each step starts from its stored state (A2's is A1's official output), so errors do not compound
+    for tag in ["A1", "A2", "B1"] {
+        let t = |k: &str| case[&format!("{tag}.{k}")].clone();
+        let mut q = gen_tokenizer::quantizer::EmaQuantizer::new(&t("before.embedding")).unwrap();
+        q.cluster_size = t("before.cluster_size").to_vec1().unwrap();
+        q.embed_avg = t("before.embed_avg").flatten_all().unwrap().to_vec1().unwrap();
+        if tag == "A1" {
+            // the official initial state: cluster_size = 0, embed_avg = embedding
+            assert!(q.cluster_size.iter().all(|&c| c == 0.0));
+            assert_eq!(q.embed_avg, q.embedding);
+        }
+        let out = q.quantize(&t("z")).unwrap();
+        assert_exact(&format!("ema {tag} indices"), &out.indices.flatten_all().unwrap(), &t("indices"));
+        check(&tol, "ema", f, &format!("{tag}.z_q"), &out.z_q, &t("z_q"));
+        check(&tol, "ema", f, &format!("{tag}.loss"), &out.loss.reshape(1).unwrap(), &t("loss"));
+        let n = q.n;
+        let cs = Tensor::from_vec(q.cluster_size.clone(), n, &Device::Cpu).unwrap();
+        let ea = Tensor::from_vec(q.embed_avg.clone(), (n, q.dim), &Device::Cpu).unwrap();
+        check(&tol, "ema", f, &format!("{tag}.new.cluster_size"), &cs, &t("new.cluster_size"));
+        check(&tol, "ema", f, &format!("{tag}.new.embed_avg"), &ea, &t("new.embed_avg"));
+        check(&tol, "ema", f, &format!("{tag}.new.embedding"), &q.embedding_tensor(&Device::Cpu).unwrap(), &t("new.embedding"));
+    }
+}
