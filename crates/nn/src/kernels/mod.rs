@@ -1,7 +1,11 @@
 //! The op entry points every model calls. Each dispatches to our fused CPU kernel where one exists and
-//! to a composition of Candle ops elsewhere (CUDA), so every device gets correct values and gradients.
+//! to a composition of Candle ops elsewhere (CUDA, half precision), so every device gets correct values
+//! and gradients.
 
+pub mod group_norm;
+pub mod real;
 pub mod reference;
+pub mod simd;
 
 use candle_core::{Result, Tensor};
 
@@ -12,5 +16,8 @@ pub fn conv2d(x: &Tensor, w: &Tensor, b: Option<&Tensor>, stride: usize, padding
 
 /// GroupNorm with affine `weight`/`bias` [C], optionally followed by SiLU.
 pub fn group_norm(x: &Tensor, w: &Tensor, b: &Tensor, groups: usize, eps: f64, silu: bool) -> Result<Tensor> {
-    reference::group_norm(x, w, b, groups, eps, silu)
+    match group_norm::try_fused(x, w, b, groups, eps, silu)? {
+        Some(y) => Ok(y),
+        None => reference::group_norm(x, w, b, groups, eps, silu),
+    }
 }
