@@ -2,6 +2,8 @@
 //! to a composition of Candle ops elsewhere (CUDA, half precision), so every device gets correct values
 //! and gradients.
 
+pub mod conv;
+pub mod gemm;
 pub mod group_norm;
 pub mod real;
 pub mod reference;
@@ -11,7 +13,15 @@ use candle_core::{Result, Tensor};
 
 /// `conv2d(x, w) + b` with symmetric zero padding.
 pub fn conv2d(x: &Tensor, w: &Tensor, b: Option<&Tensor>, stride: usize, padding: usize) -> Result<Tensor> {
-    reference::conv2d(x, w, b, stride, padding)
+    conv2d_hw(x, w, b, stride, (padding, padding))
+}
+
+/// `conv2d` with separate vertical and horizontal padding (Inception's 1×7 / 7×1 convs).
+pub fn conv2d_hw(x: &Tensor, w: &Tensor, b: Option<&Tensor>, stride: usize, pad: (usize, usize)) -> Result<Tensor> {
+    match conv::try_fused(x, w, b, stride, pad)? {
+        Some(y) => Ok(y),
+        None => reference::conv2d_hw(x, w, b, stride, pad),
+    }
 }
 
 /// GroupNorm with affine `weight`/`bias` [C], optionally followed by SiLU.

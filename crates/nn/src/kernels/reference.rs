@@ -4,7 +4,16 @@
 use candle_core::{DType, Result, Tensor, D};
 
 pub fn conv2d(x: &Tensor, w: &Tensor, b: Option<&Tensor>, stride: usize, padding: usize) -> Result<Tensor> {
-    let y = x.conv2d(w, padding, stride, 1, 1)?;
+    conv2d_hw(x, w, b, stride, (padding, padding))
+}
+
+/// Candle's conv2d pads symmetrically by one amount; other paddings are explicit zero pads first.
+pub fn conv2d_hw(x: &Tensor, w: &Tensor, b: Option<&Tensor>, stride: usize, (ph, pw): (usize, usize)) -> Result<Tensor> {
+    let y = if ph == pw {
+        x.conv2d(w, ph, stride, 1, 1)?
+    } else {
+        x.pad_with_zeros(2, ph, ph)?.pad_with_zeros(3, pw, pw)?.conv2d(w, 0, stride, 1, 1)?
+    };
     match b {
         Some(b) => y.broadcast_add(&b.reshape((1, b.elem_count(), 1, 1))?),
         None => Ok(y),
