@@ -179,13 +179,6 @@ def tokenizer():
 ITEMS = {}  # name -> (setup, default_reps); setup() returns (run, reset-or-None)
 
 
-def item(name, reps=5):
-    def register(setup):
-        ITEMS[name] = (setup, reps)
-        return setup
-    return register
-
-
 def op_item(name, fn, make_params, backward):
     """Op on x [8,128,64,64]: fn(x, params) -> y; backward gives grads for x and params."""
     def setup():
@@ -235,46 +228,36 @@ for _name, _fn, _params in [("conv3x3", conv, conv_params), ("groupnorm", gn, gn
     op_item(f"{_name}_fwdbwd", _fn, _params, backward=True)
 
 
-def encoder_item(b):
-    def setup():
-        model = tokenizer().eval()
-        x = torch.randn(b, 3, 256, 256, generator=torch.Generator().manual_seed(1))
-
-        def run():
-            with torch.no_grad():
-                model.encode(x)
-        return run, None
-    ITEMS[f"tok_encoder_b{b}"] = (setup, 3)
-
-
-def roundtrip_item(b):
+def tokenizer_item(name, b, roundtrip):
+    """Inference: quant_conv(encoder(x)), or encode + quantize + decode; x [b,3,256,256]."""
     def setup():
         model = tokenizer().eval()
         x = torch.randn(b, 3, 256, 256, generator=torch.Generator().manual_seed(1))
         with torch.no_grad():
-            P = model.projector(model.codebook)  # cached, as inference does
+            P = model.projector(model.codebook)  # computed once, as inference caches it
 
         def run():
             with torch.no_grad():
-                zq, _, _ = model.quantize(model.encode(x), P)
-                model.decode(zq)
+                z = model.encode(x)
+                if roundtrip:
+                    model.decode(model.quantize(z, P)[0])
         return run, None
-    ITEMS[f"tok_roundtrip_b{b}"] = (setup, 3)
+    ITEMS[name] = (setup, 3)
 
 
 for _b in (1, 4):
-    encoder_item(_b)
+    tokenizer_item(f"tok_encoder_b{_b}", _b, roundtrip=False)
 for _b in (1, 4):
-    roundtrip_item(_b)
+    tokenizer_item(f"tok_roundtrip_b{_b}", _b, roundtrip=True)
 
 
-@item("tok_train_step_b4", reps=3)
 def train_step_setup():
+    """x [4,3,128,128], train mode; P recomputed (projector is trained); no optimizer step."""
     model = tokenizer().train()
     x = torch.randn(4, 3, 128, 128, generator=torch.Generator().manual_seed(2))
 
     def run():
-        P = model.projector(model.codebook)  # projector is trained: recompute
+        P = model.projector(model.codebook)
         zq, qloss, _ = model.quantize(model.encode(x), P)
         loss = torch.mean(torch.abs(x - model.decode(zq))) + 0.1 * qloss
         loss.backward()
@@ -282,6 +265,9 @@ def train_step_setup():
     def reset():
         model.zero_grad(set_to_none=True)
     return run, reset
+
+
+ITEMS["tok_train_step_b4"] = (train_step_setup, 3)
 
 
 # ---------------------------------------------------------------------- main

@@ -1,6 +1,7 @@
 //! gen-cli: the `gen` command line. Each subcommand parses, calls a library function and prints; errors
 //! are one line (`error: …`) and a non-zero exit. The binary (`src/main.rs`) only calls [`main`].
 
+pub mod bench;
 pub mod data_cmds;
 pub mod tokenizer_cmds;
 
@@ -23,6 +24,8 @@ enum Command {
     Decode(tokenizer_cmds::DecodeArgs),
     /// Convert an official VQGAN-LC `.pth` (+ codebook) into a model folder.
     Convert(tokenizer_cmds::ConvertArgs),
+    /// Time our kernels and models side by side with a PyTorch baseline.
+    Bench(bench::BenchArgs),
     /// Write Fashion-MNIST images (the demo domain) as PNG files.
     ExportFmnist(data_cmds::ExportFmnistArgs),
 }
@@ -35,6 +38,7 @@ pub fn main() {
         Command::Encode(a) => tokenizer_cmds::encode(a),
         Command::Decode(a) => tokenizer_cmds::decode(a),
         Command::Convert(a) => tokenizer_cmds::convert(a),
+        Command::Bench(a) => bench::bench(a),
         Command::ExportFmnist(a) => data_cmds::export_fmnist(a),
     };
     if let Err(e) = result {

@@ -13,4 +13,4 @@ pub mod weights;
 
 pub use conv::Conv2d;
 pub use norm::GroupNorm;
-pub use weights::{Params, Weights};
+pub use weights::{Params, RandomWeights, Weights};

@@ -110,3 +110,63 @@ impl Params {
         Ok((Params { vars }, out))
     }
 }
+
+/// A VarBuilder that makes up every tensor it is asked for (seeded), and remembers them: random-weight
+/// models for benchmarks and tests. 1-D `*.weight` (norms) ≈ 1, biases ≈ 0, matrices and kernels
+/// N(0, 1/fan_in).
+pub struct RandomWeights {
+    rng: Arc<Mutex<gen_runtime::Rng>>,
+    made: Arc<Mutex<HashMap<String, Tensor>>>,
+}
+
+impl RandomWeights {
+    pub fn new(seed: u64) -> Self {
+        RandomWeights { rng: Arc::new(Mutex::new(gen_runtime::Rng::new(seed))), made: Default::default() }
+    }
+
+    pub fn var_builder(&self, dtype: DType, dev: &Device) -> VarBuilder<'static> {
+        let b = RandomBackend { rng: self.rng.clone(), made: self.made.clone() };
+        VarBuilder::from_backend(Box::new(b), dtype, dev.clone())
+    }
+
+    /// Every tensor made so far, by name.
+    pub fn tensors(&self) -> HashMap<String, Tensor> {
+        self.made.lock().expect("weights lock").clone()
+    }
+}
+
+struct RandomBackend {
+    rng: Arc<Mutex<gen_runtime::Rng>>,
+    made: Arc<Mutex<HashMap<String, Tensor>>>,
+}
+
+impl candle_nn::var_builder::SimpleBackend for RandomBackend {
+    fn get(&self, s: Shape, name: &str, _: Init, dtype: DType, dev: &Device) -> Result<Tensor> {
+        if let Some(t) = self.made.lock().expect("weights lock").get(name) {
+            return t.to_dtype(dtype);
+        }
+        let mut rng = self.rng.lock().expect("rng lock");
+        let dims = s.dims().to_vec();
+        let t = if dims.len() == 1 && name.ends_with("weight") {
+            (rng.randn(s, 0.1, &Device::Cpu)? + 1.0)?
+        } else if dims.len() == 1 {
+            rng.randn(s, 0.02, &Device::Cpu)?
+        } else {
+            let fan_in: usize = dims[1..].iter().product();
+            rng.randn(s, (1.0 / fan_in as f64).sqrt(), &Device::Cpu)?
+        };
+        let t = t.to_device(dev)?.to_dtype(dtype)?;
+        self.made.lock().expect("weights lock").insert(name.to_string(), t.clone());
+        Ok(t)
+    }
+    fn get_unchecked(&self, name: &str, dtype: DType, _: &Device) -> Result<Tensor> {
+        match self.made.lock().expect("weights lock").get(name) {
+            Some(t) => t.to_dtype(dtype),
+            None => candle_core::bail!("random weights: '{name}' has no shape yet"),
+        }
+    }
+    fn contains_tensor(&self, name: &str) -> bool {
+        // the LC quantizer asks whether a projected codebook is stored: it is not
+        name != "quantize.codebook_projected"
+    }
+}
