@@ -116,3 +116,44 @@ impl Module for Upsample {
         self.conv.forward(&ops::upsample_nearest2x(x)?)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device};
+    use gen_nn::gradcheck::gradcheck;
+    use gen_nn::RandomWeights;
+
+    fn check(make: impl Fn(VarBuilder) -> Result<Box<dyn Module>>, shape: &[usize]) {
+        let rw = RandomWeights::new(7);
+        let block = make(rw.var_builder(DType::F64, &Device::Cpu)).unwrap();
+        let x = gen_runtime::Rng::new(8).randn(shape, 1.0, &Device::Cpu).unwrap().to_dtype(DType::F64).unwrap();
+        let err = gradcheck(&|t| block.forward(&t[0]), &[x], 1e-6, 120).unwrap();
+        assert!(err < 1e-6, "relative gradient error {err}");
+    }
+
+    #[test]
+    fn resnet_block_with_nin_shortcut_gradcheck() {
+        check(|vb| Ok(Box::new(ResnetBlock::new(vb, 32, 64)?)), &[2, 32, 5, 4]);
+    }
+
+    #[test]
+    fn resnet_block_gradcheck() {
+        check(|vb| Ok(Box::new(ResnetBlock::new(vb, 32, 32)?)), &[1, 32, 4, 4]);
+    }
+
+    #[test]
+    fn attn_block_gradcheck() {
+        check(|vb| Ok(Box::new(AttnBlock::new(vb, 32)?)), &[2, 32, 3, 4]);
+    }
+
+    #[test]
+    fn downsample_gradcheck() {
+        check(|vb| Ok(Box::new(Downsample::new(vb, 32)?)), &[1, 32, 6, 6]);
+    }
+
+    #[test]
+    fn upsample_gradcheck() {
+        check(|vb| Ok(Box::new(Upsample::new(vb, 32)?)), &[1, 32, 3, 4]);
+    }
+}

@@ -5,11 +5,18 @@
 pub mod conv;
 pub mod gemm;
 pub mod group_norm;
+pub mod pool;
 pub mod real;
 pub mod reference;
+pub mod rows;
 pub mod simd;
+#[cfg(test)]
+mod tests;
 
 use candle_core::{Result, Tensor};
+
+pub use pool::max_pool2d;
+pub use rows::{layer_norm, softmax_last_dim};
 
 /// `conv2d(x, w) + b` with symmetric zero padding.
 pub fn conv2d(x: &Tensor, w: &Tensor, b: Option<&Tensor>, stride: usize, padding: usize) -> Result<Tensor> {

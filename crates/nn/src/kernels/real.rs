@@ -11,6 +11,8 @@ pub trait Real: Copy + Send + Sync + Default + Add<Output = Self> + Sub<Output =
     fn sum_sq_dev(xs: &[Self], m: Self) -> f64;
     fn dot(a: &[Self], b: &[Self]) -> f64;
     fn sigmoid(self) -> Self;
+    /// e^x elementwise (the f32 path is the vectorised polynomial).
+    fn exp_in_place(xs: &mut [Self]);
 }
 
 impl Real for f32 {
@@ -33,6 +35,9 @@ impl Real for f32 {
     fn sigmoid(self) -> Self {
         simd::sigmoid_f32(self)
     }
+    fn exp_in_place(xs: &mut [Self]) {
+        xs.iter_mut().for_each(|v| *v = simd::exp_f32(*v));
+    }
 }
 
 impl Real for f64 {
@@ -54,5 +59,8 @@ impl Real for f64 {
     #[inline(always)]
     fn sigmoid(self) -> Self {
         1.0 / (1.0 + (-self).exp())
+    }
+    fn exp_in_place(xs: &mut [Self]) {
+        xs.iter_mut().for_each(|v| *v = v.exp());
     }
 }

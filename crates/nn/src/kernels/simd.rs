@@ -61,7 +61,8 @@ pub fn dot_f32(a: &[f32], b: &[f32]) -> f64 {
 #[inline(always)]
 pub fn exp_f32(x: f32) -> f32 {
     let x = x.clamp(-87.0, 88.0);
-    let n = (x * std::f32::consts::LOG2_E).round();
+    // round to nearest by the 1.5·2²³ trick: plain adds, so the loop vectorises on any x86-64
+    let n = (x * std::f32::consts::LOG2_E + 12_582_912.0) - 12_582_912.0;
     let r = x - n * 0.693_359_4 + n * 2.121_944_4e-4; // ln2 split in hi/lo parts
     let p = 1.987_569_1e-4f32;
     let p = p * r + 1.398_199_9e-3;

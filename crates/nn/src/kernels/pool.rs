@@ -1,0 +1,135 @@
+//! Max-pooling with a correct backward (Candle's gives 0.25× the gradient for k = s and fails for
+//! k ≠ s). The gradient goes to the first maximum of each window, as torch; overlapping windows add up.
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::real::Real;
+
+/// `F.max_pool2d(x, kernel, stride, padding)` (padding is −∞, no ceil mode).
+#[derive(Clone, Copy, Debug)]
+pub struct MaxPool2d {
+    pub kernel: usize,
+    pub stride: usize,
+    pub pad: usize,
+}
+
+impl MaxPool2d {
+    fn out(&self, h: usize, w: usize) -> Result<(usize, usize)> {
+        if h + 2 * self.pad < self.kernel || w + 2 * self.pad < self.kernel || self.stride == 0 {
+            candle_core::bail!("max_pool2d: kernel {} does not fit a {h}×{w} input", self.kernel);
+        }
+        Ok(((h + 2 * self.pad - self.kernel) / self.stride + 1, (w + 2 * self.pad - self.kernel) / self.stride + 1))
+    }
+
+    /// For every output element: the flat index (within its plane) of the window's first maximum.
+    fn argmax<T: Real + PartialOrd>(&self, plane: &[T], h: usize, w: usize, ho: usize, wo: usize, out: &mut [usize]) {
+        for oy in 0..ho {
+            for ox in 0..wo {
+                let mut best: Option<(T, usize)> = None;
+                for ky in 0..self.kernel {
+                    let iy = (oy * self.stride + ky) as isize - self.pad as isize;
+                    if iy < 0 || iy as usize >= h {
+                        continue;
+                    }
+                    for kx in 0..self.kernel {
+                        let ix = (ox * self.stride + kx) as isize - self.pad as isize;
+                        if ix < 0 || ix as usize >= w {
+                            continue;
+                        }
+                        let i = iy as usize * w + ix as usize;
+                        if best.is_none_or(|(b, _)| plane[i] > b) {
+                            best = Some((plane[i], i));
+                        }
+                    }
+                }
+                out[oy * wo + ox] = best.map(|b| b.1).unwrap_or(0);
+            }
+        }
+    }
+
+    fn fwd<T: Real + PartialOrd>(&self, x: &[T], h: usize, w: usize) -> Result<Vec<T>> {
+        let (ho, wo) = self.out(h, w)?;
+        let mut y = vec![T::default(); x.len() / (h * w) * ho * wo];
+        y.par_chunks_mut(ho * wo).zip(x.par_chunks(h * w)).for_each(|(yp, xp)| {
+            let mut idx = vec![0usize; ho * wo];
+            self.argmax(xp, h, w, ho, wo, &mut idx);
+            for (o, &i) in yp.iter_mut().zip(&idx) {
+                *o = xp[i];
+            }
+        });
+        Ok(y)
+    }
+
+    fn bwd_run<T: Real + PartialOrd>(&self, x: &[T], dy: &[T], h: usize, w: usize) -> Result<Vec<T>> {
+        let (ho, wo) = self.out(h, w)?;
+        let mut dx = vec![T::default(); x.len()];
+        dx.par_chunks_mut(h * w).zip(x.par_chunks(h * w).zip(dy.par_chunks(ho * wo))).for_each(|(dxp, (xp, dyp))| {
+            let mut idx = vec![0usize; ho * wo];
+            self.argmax(xp, h, w, ho, wo, &mut idx);
+            for (&i, &g) in idx.iter().zip(dyp) {
+                dxp[i] = dxp[i] + g;
+            }
+        });
+        Ok(dx)
+    }
+}
+
+fn plane_dims(l: &Layout) -> Result<(usize, usize)> {
+    match l.dims() {
+        [_, _, h, w] => Ok((*h, *w)),
+        d => candle_core::bail!("max_pool2d: expected [N, C, H, W], got {d:?}"),
+    }
+}
+
+fn slice<'a, T>(s: &'a [T], l: &Layout) -> Result<&'a [T]> {
+    l.contiguous_offsets().map(|(a, b)| &s[a..b]).ok_or_else(|| candle_core::Error::Msg("max_pool2d: input must be contiguous".into()))
+}
+
+impl CustomOp1 for MaxPool2d {
+    fn name(&self) -> &'static str {
+        "gen-max-pool2d"
+    }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (h, w) = plane_dims(l)?;
+        let (ho, wo) = self.out(h, w)?;
+        let out = match s {
+            CpuStorage::F32(x) => CpuStorage::F32(self.fwd(slice(x, l)?, h, w)?),
+            CpuStorage::F64(x) => CpuStorage::F64(self.fwd(slice(x, l)?, h, w)?),
+            _ => candle_core::bail!("gen-max-pool2d: f32 or f64 only"),
+        };
+        let d = l.dims();
+        Ok((out, Shape::from((d[0], d[1], ho, wo))))
+    }
+    fn bwd(&self, x: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(x.apply_op2_no_bwd(&dy.contiguous()?, &MaxPoolBwd(*self))?))
+    }
+}
+
+struct MaxPoolBwd(MaxPool2d);
+
+impl CustomOp2 for MaxPoolBwd {
+    fn name(&self) -> &'static str {
+        "gen-max-pool2d-bwd"
+    }
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (h, w) = plane_dims(l1)?;
+        let out = match (s1, s2) {
+            (CpuStorage::F32(x), CpuStorage::F32(dy)) => CpuStorage::F32(self.0.bwd_run(slice(x, l1)?, slice(dy, l2)?, h, w)?),
+            (CpuStorage::F64(x), CpuStorage::F64(dy)) => CpuStorage::F64(self.0.bwd_run(slice(x, l1)?, slice(dy, l2)?, h, w)?),
+            _ => candle_core::bail!("gen-max-pool2d backward: mixed dtypes"),
+        };
+        Ok((out, l1.shape().clone()))
+    }
+}
+
+/// Max-pooling with gradient; fused on CPU f32/f64, Candle's forward elsewhere (inference only there).
+pub fn max_pool2d(x: &Tensor, kernel: usize, stride: usize, pad: usize) -> Result<Tensor> {
+    if x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64) {
+        return x.contiguous()?.apply_op1(MaxPool2d { kernel, stride, pad });
+    }
+    if pad != 0 {
+        candle_core::bail!("max_pool2d with padding is only implemented on the CPU");
+    }
+    x.max_pool2d_with_stride(kernel, stride)
+}

@@ -1,0 +1,135 @@
+//! Row-wise ops over the last dimension, with gradients: softmax and LayerNorm.
+//!
+//! Candle's fused `softmax_last_dim` and `layer_norm` have no backward (the input silently gets no
+//! gradient) and its composed versions are several times slower. These run one rayon task per block of
+//! rows in the forward; their backward is a short composition of Candle ops on the saved output.
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp3, DType, Layout, Result, Shape, Tensor, D};
+use rayon::prelude::*;
+
+use super::real::Real;
+
+fn contiguous<'a, T>(s: &'a [T], l: &Layout, op: &str) -> Result<&'a [T]> {
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&s[a..b]),
+        None => candle_core::bail!("{op}: input must be contiguous"),
+    }
+}
+
+/// softmax over the last dimension.
+pub struct Softmax;
+
+impl Softmax {
+    fn run<T: Real + PartialOrd>(x: &[T], d: usize) -> Vec<T> {
+        let mut y = vec![T::default(); x.len()];
+        y.par_chunks_mut(d).zip(x.par_chunks(d)).for_each(|(yr, xr)| {
+            let m = xr.iter().copied().fold(xr[0], |a, b| if b > a { b } else { a });
+            for (yv, &xv) in yr.iter_mut().zip(xr) {
+                *yv = xv - m;
+            }
+            T::exp_in_place(yr);
+            let inv = T::from_f64(1.0 / T::sum(yr));
+            for v in yr.iter_mut() {
+                *v = *v * inv;
+            }
+        });
+        y
+    }
+}
+
+impl CustomOp1 for Softmax {
+    fn name(&self) -> &'static str {
+        "gen-softmax"
+    }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let d = *l.dims().last().unwrap_or(&1);
+        let out = match s {
+            CpuStorage::F32(x) => CpuStorage::F32(Self::run(contiguous(x, l, "softmax")?, d)),
+            CpuStorage::F64(x) => CpuStorage::F64(Self::run(contiguous(x, l, "softmax")?, d)),
+            _ => candle_core::bail!("gen-softmax: f32 or f64 only"),
+        };
+        Ok((out, l.shape().clone()))
+    }
+    fn bwd(&self, _x: &Tensor, y: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
+        // dx = y ⊙ (dy − Σ dy⊙y)
+        let s = (dy * y)?.sum_keepdim(D::Minus1)?;
+        Ok(Some((y * dy.broadcast_sub(&s)?)?))
+    }
+}
+
+/// LayerNorm over the last dimension with affine weight and bias (torch `nn.LayerNorm`).
+pub struct LayerNorm {
+    pub eps: f64,
+}
+
+impl LayerNorm {
+    fn run<T: Real>(&self, x: &[T], w: &[T], b: &[T], d: usize) -> Vec<T> {
+        let mut y = vec![T::default(); x.len()];
+        y.par_chunks_mut(d).zip(x.par_chunks(d)).for_each(|(yr, xr)| {
+            let mean = T::sum(xr) / d as f64;
+            let var = T::sum_sq_dev(xr, T::from_f64(mean)) / d as f64;
+            let (m, r) = (T::from_f64(mean), T::from_f64(1.0 / (var + self.eps).sqrt()));
+            for i in 0..d {
+                yr[i] = (xr[i] - m) * r * w[i] + b[i];
+            }
+        });
+        y
+    }
+}
+
+impl CustomOp3 for LayerNorm {
+    fn name(&self) -> &'static str {
+        "gen-layer-norm"
+    }
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
+        let d = *l1.dims().last().unwrap_or(&1);
+        let out = match (s1, s2, s3) {
+            (CpuStorage::F32(x), CpuStorage::F32(w), CpuStorage::F32(b)) => CpuStorage::F32(self.run(
+                contiguous(x, l1, "layer_norm")?,
+                contiguous(w, l2, "layer_norm")?,
+                contiguous(b, l3, "layer_norm")?,
+                d,
+            )),
+            (CpuStorage::F64(x), CpuStorage::F64(w), CpuStorage::F64(b)) => CpuStorage::F64(self.run(
+                contiguous(x, l1, "layer_norm")?,
+                contiguous(w, l2, "layer_norm")?,
+                contiguous(b, l3, "layer_norm")?,
+                d,
+            )),
+            _ => candle_core::bail!("gen-layer-norm: x, weight, bias must all be f32 or all f64"),
+        };
+        Ok((out, l1.shape().clone()))
+    }
+    fn bwd(&self, x: &Tensor, w: &Tensor, _b: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let d = x.dim(D::Minus1)?;
+        let mean = x.mean_keepdim(D::Minus1)?;
+        let xc = x.broadcast_sub(&mean)?;
+        let rstd = ((xc.sqr()?.mean_keepdim(D::Minus1)? + self.eps)?.sqrt()?.recip())?;
+        let xhat = xc.broadcast_mul(&rstd)?;
+        let g = dy.broadcast_mul(w)?;
+        let mg = g.mean_keepdim(D::Minus1)?;
+        let mgx = (&g * &xhat)?.mean_keepdim(D::Minus1)?;
+        let dx = g.broadcast_sub(&mg)?.sub(&xhat.broadcast_mul(&mgx)?)?.broadcast_mul(&rstd)?;
+        let rows = x.elem_count() / d;
+        let dw = (dy * &xhat)?.reshape((rows, d))?.sum(0)?;
+        let db = dy.reshape((rows, d))?.sum(0)?;
+        Ok((Some(dx), Some(dw), Some(db)))
+    }
+}
+
+/// softmax over the last dimension, with gradient; fused on CPU f32/f64.
+pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    if x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64) {
+        return x.contiguous()?.apply_op1(Softmax);
+    }
+    candle_nn::ops::softmax(x, D::Minus1)
+}
+
+/// LayerNorm over the last dimension, with gradient; fused on CPU f32/f64.
+pub fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<Tensor> {
+    if x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64) {
+        let (w, b) = (w.to_dtype(x.dtype())?.contiguous()?, b.to_dtype(x.dtype())?.contiguous()?);
+        return x.contiguous()?.apply_op3(&w, &b, LayerNorm { eps });
+    }
+    candle_nn::ops::layer_norm_slow(x, w, b, eps as f32)
+}

@@ -1,0 +1,81 @@
+//! Gradchecks and reference agreement for the row ops, max-pooling and nearest upsampling.
+
+use candle_core::{DType, Device, Tensor, Var, D};
+use gen_runtime::Rng;
+
+use crate::gradcheck::gradcheck;
+use crate::ops::upsample_nearest2x;
+
+fn randn(r: &mut Rng, shape: &[usize], dtype: DType) -> Tensor {
+    r.randn(shape, 1.0, &Device::Cpu).unwrap().to_dtype(dtype).unwrap()
+}
+
+fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
+    (a - b).unwrap().abs().unwrap().max_all().unwrap().to_dtype(DType::F64).unwrap().to_scalar::<f64>().unwrap()
+}
+
+#[test]
+fn softmax_gradcheck_and_matches_candle() {
+    let mut r = Rng::new(1);
+    let x = randn(&mut r, &[3, 4, 7], DType::F64);
+    let err = gradcheck(&|t| super::softmax_last_dim(&t[0]), &[x.clone()], 1e-6, 200).unwrap();
+    assert!(err < 1e-7, "{err}");
+    let x32 = randn(&mut r, &[5, 33], DType::F32);
+    let d = max_diff(&super::softmax_last_dim(&x32).unwrap(), &candle_nn::ops::softmax(&x32, D::Minus1).unwrap());
+    assert!(d < 1e-6, "{d}");
+}
+
+#[test]
+fn layer_norm_gradcheck_and_matches_candle_slow_path() {
+    let mut r = Rng::new(2);
+    let (x, w, b) = (randn(&mut r, &[2, 3, 6], DType::F64), randn(&mut r, &[6], DType::F64), randn(&mut r, &[6], DType::F64));
+    let err = gradcheck(&|t| super::layer_norm(&t[0], &t[1], &t[2], 1e-5), &[x, w, b], 1e-6, 200).unwrap();
+    assert!(err < 1e-6, "{err}");
+    let (x, w, b) = (randn(&mut r, &[4, 40], DType::F32), randn(&mut r, &[40], DType::F32), randn(&mut r, &[40], DType::F32));
+    let d = max_diff(&super::layer_norm(&x, &w, &b, 1e-5).unwrap(), &candle_nn::ops::layer_norm_slow(&x, &w, &b, 1e-5).unwrap());
+    assert!(d < 1e-5, "{d}");
+}
+
+#[test]
+fn max_pool_gradcheck_k_equals_s_and_3x3_stride_2() {
+    let mut r = Rng::new(3);
+    for (shape, k, s, p) in [([2usize, 3, 6, 8], 2, 2, 0), ([1, 2, 7, 9], 3, 2, 0), ([1, 2, 5, 5], 3, 1, 1)] {
+        let x = randn(&mut r, &shape, DType::F64);
+        let err = gradcheck(&|t| super::max_pool2d(&t[0], k, s, p), &[x], 1e-6, 300).unwrap();
+        assert!(err < 1e-7, "{shape:?} k{k} s{s} p{p}: {err}");
+    }
+}
+
+#[test]
+fn max_pool_backward_is_full_gradient_not_a_quarter() {
+    // Candle's own k = s backward returns 0.25× of this
+    let x = Var::from_tensor(&Tensor::arange(0f32, 16., &Device::Cpu).unwrap().reshape((1, 1, 4, 4)).unwrap()).unwrap();
+    let y = super::max_pool2d(x.as_tensor(), 2, 2, 0).unwrap();
+    assert_eq!(y.flatten_all().unwrap().to_vec1::<f32>().unwrap(), vec![5., 7., 13., 15.]);
+    let g = y.sum_all().unwrap().backward().unwrap();
+    let gx = g.get(x.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    assert_eq!(gx.iter().sum::<f32>(), 4.0);
+    assert_eq!(gx[5], 1.0);
+}
+
+#[test]
+fn max_pool_forward_matches_candle() {
+    let mut r = Rng::new(4);
+    let x = randn(&mut r, &[2, 3, 9, 11], DType::F32);
+    let d = max_diff(&super::max_pool2d(&x, 3, 2, 0).unwrap(), &x.max_pool2d_with_stride(3, 2).unwrap());
+    assert_eq!(d, 0.0);
+}
+
+#[test]
+fn upsample_gradient_accumulates_when_input_has_another_consumer() {
+    // Candle's upsample_nearest2d assigns instead of adding here: cat[up(x), x] got 0.54 relative error
+    let mut r = Rng::new(5);
+    let x = randn(&mut r, &[1, 2, 3, 4], DType::F64);
+    let f = |t: &[Tensor]| {
+        let up = upsample_nearest2x(&t[0])?;
+        let pooled = up.reshape((1, 2, 3, 2, 4, 2))?.sum(5)?.sum(3)?; // back to 3×4
+        pooled + &t[0]
+    };
+    let err = gradcheck(&f, &[x], 1e-6, 100).unwrap();
+    assert!(err < 1e-8, "{err}");
+}
