@@ -7,7 +7,7 @@ official VQGAN-LC / taming-transformers code): it times the same workloads that
 
 Measured items (float32, CPU, `torch.manual_seed(0)`):
   * conv3x3_{fwd,fwdbwd}, groupnorm_{fwd,fwdbwd}, groupnorm_silu_{fwd,fwdbwd}:
-    single ops on x [8,128,64,64]; "fwdbwd" adds `y.backward(g)` with a fixed g.
+    single ops on x [8,128,64,64]; "fwdbwd" adds the backward of `sum(y * g)` with a fixed g (Candle needs a scalar root; both sides do the same).
   * tok_encoder_b{1,4}: quant_conv(encoder(x)), x [B,3,256,256], no_grad, eval.
   * tok_roundtrip_b{1,4}: encode + quantize + decode, no_grad, eval, with the
     projected codebook P = projector(codebook) computed once before timing.
@@ -197,7 +197,7 @@ def op_item(name, fn, make_params, backward):
             g = torch.randn_like(fn(x, params))
 
         def run():
-            fn(x, params).backward(g)
+            (fn(x, params) * g).sum().backward()  # same loss as the Candle side
 
         def reset():
             for t in leaves:

@@ -7,6 +7,7 @@
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::conv_s1;
 use super::gemm::{gemm, Mat};
 use super::real::Real;
 
@@ -44,13 +45,13 @@ impl Geom {
     pub fn wo(&self) -> usize {
         (self.w + 2 * self.pad_w - self.kw) / self.stride + 1
     }
-    fn p(&self) -> usize {
+    pub(crate) fn p(&self) -> usize {
         self.ho() * self.wo()
     }
-    fn k(&self) -> usize {
+    pub(crate) fn k(&self) -> usize {
         self.cin * self.kh * self.kw
     }
-    fn pointwise(&self) -> bool {
+    pub(crate) fn pointwise(&self) -> bool {
         self.kh == 1 && self.kw == 1 && self.stride == 1 && self.pad_h == 0 && self.pad_w == 0
     }
     fn tile<T>(&self) -> usize {
@@ -108,6 +109,9 @@ fn col2im_add<T: Real>(g: &Geom, dcol: &[T], p0: usize, len: usize, dx: &mut [T]
 }
 
 fn forward<T: Real>(g: &Geom, x: &[T], w: &[T], b: &[T]) -> Vec<T> {
+    if !g.pointwise() && conv_s1::applies(g) {
+        return conv_s1::forward(g, x, w, b);
+    }
     let (p, k) = (g.p(), g.k());
     let mut y = vec![T::default(); g.n * g.cout * p];
     let tile = g.tile::<T>();
@@ -117,19 +121,22 @@ fn forward<T: Real>(g: &Geom, x: &[T], w: &[T], b: &[T]) -> Vec<T> {
         let yi = &mut y[i * g.cout * p..(i + 1) * g.cout * p];
         yi.par_chunks_mut(p).zip(b.par_iter()).for_each(|(row, &bv)| row.fill(bv));
         if g.pointwise() {
-            unsafe { gemm(g.cout, p, k, yi.as_mut_ptr(), p, true, Mat::row_major(w, k), Mat::row_major(xi, p)) };
+            unsafe { gemm(g.cout, p, k, yi.as_mut_ptr(), p, 1, true, Mat::row_major(w, k), Mat::row_major(xi, p)) };
             continue;
         }
         for p0 in (0..p).step_by(tile) {
             let len = tile.min(p - p0);
             im2col(g, xi, p0, len, &mut col);
-            unsafe { gemm(g.cout, len, k, yi[p0..].as_mut_ptr(), p, true, Mat::row_major(w, k), Mat::row_major(&col, len)) };
+            unsafe { gemm(g.cout, len, k, yi[p0..].as_mut_ptr(), p, 1, true, Mat::row_major(w, k), Mat::row_major(&col, len)) };
         }
     }
     y
 }
 
 fn backward_input<T: Real>(g: &Geom, w: &[T], dy: &[T]) -> Vec<T> {
+    if !g.pointwise() && conv_s1::applies(g) {
+        return conv_s1::backward_input(g, w, dy);
+    }
     let (p, k, hw) = (g.p(), g.k(), g.h * g.w);
     let mut dx = vec![T::default(); g.n * g.cin * hw];
     let tile = g.tile::<T>();
@@ -139,31 +146,30 @@ fn backward_input<T: Real>(g: &Geom, w: &[T], dy: &[T]) -> Vec<T> {
         let dyi = &dy[i * g.cout * p..(i + 1) * g.cout * p];
         let dxi = &mut dx[i * g.cin * hw..(i + 1) * g.cin * hw];
         if g.pointwise() {
-            unsafe { gemm(k, p, g.cout, dxi.as_mut_ptr(), p, false, wt, Mat::row_major(dyi, p)) };
+            unsafe { gemm(k, p, g.cout, dxi.as_mut_ptr(), p, 1, false, wt, Mat::row_major(dyi, p)) };
             continue;
         }
         for p0 in (0..p).step_by(tile) {
             let len = tile.min(p - p0);
             let rhs = Mat { ptr: dyi[p0..].as_ptr(), rs: p as isize, cs: 1 };
-            unsafe { gemm(k, len, g.cout, dcol.as_mut_ptr(), len, false, wt, rhs) };
+            unsafe { gemm(k, len, g.cout, dcol.as_mut_ptr(), len, 1, false, wt, rhs) };
             col2im_add(g, &dcol, p0, len, dxi);
         }
     }
     dx
 }
 
-/// Packed `[dW (cout·K) | db (cout)]`.
-fn backward_weight<T: Real>(g: &Geom, x: &[T], dy: &[T]) -> Vec<T> {
+/// dW = Σ dY·colᵀ over images and im2col tiles (1×1 stride-1: colᵀ is xᵀ).
+fn weight_grad_im2col<T: Real>(g: &Geom, x: &[T], dy: &[T], dw: &mut [T]) {
     let (p, k) = (g.p(), g.k());
-    let mut out = vec![T::default(); g.cout * k + g.cout];
-    let tile = g.tile::<T>();
+    let tile = if g.pointwise() { p } else { g.tile::<T>() };
     let mut col = if g.pointwise() { Vec::new() } else { vec![T::default(); k * tile] };
     let mut first = true;
     for i in 0..g.n {
         let xi = &x[i * g.cin * g.h * g.w..(i + 1) * g.cin * g.h * g.w];
         let dyi = &dy[i * g.cout * p..(i + 1) * g.cout * p];
-        for p0 in (0..p).step_by(if g.pointwise() { p } else { tile }) {
-            let len = if g.pointwise() { p } else { tile.min(p - p0) };
+        for p0 in (0..p).step_by(tile) {
+            let len = tile.min(p - p0);
             let lhs = Mat { ptr: dyi[p0..].as_ptr(), rs: p as isize, cs: 1 };
             let rhs = if g.pointwise() {
                 Mat::transposed(xi, p)
@@ -171,9 +177,20 @@ fn backward_weight<T: Real>(g: &Geom, x: &[T], dy: &[T]) -> Vec<T> {
                 im2col(g, xi, p0, len, &mut col);
                 Mat::transposed(&col, len)
             };
-            unsafe { gemm(g.cout, k, len, out.as_mut_ptr(), k, !first, lhs, rhs) };
+            unsafe { gemm(g.cout, k, len, dw.as_mut_ptr(), k, 1, !first, lhs, rhs) };
             first = false;
         }
+    }
+}
+
+/// Packed `[dW (cout·K) | db (cout)]`.
+fn backward_weight<T: Real>(g: &Geom, x: &[T], dy: &[T]) -> Vec<T> {
+    let (p, k) = (g.p(), g.k());
+    let mut out = vec![T::default(); g.cout * k + g.cout];
+    if !g.pointwise() && conv_s1::applies(g) {
+        conv_s1::backward_weight(g, x, dy, &mut out[..g.cout * k]);
+    } else {
+        weight_grad_im2col(g, x, dy, &mut out[..g.cout * k]);
     }
     let db: Vec<f64> = (0..g.cout)
         .into_par_iter()
@@ -365,6 +382,14 @@ mod tests {
         assert!(g.tile::<f32>() < g.p(), "the case must span several tiles");
         let y1 = try_fused(&x, &w, Some(&b), 1, (1, 1)).unwrap().unwrap();
         let y0 = reference::conv2d(&x, &w, Some(&b), 1, 1).unwrap();
+        let d = (y1 - y0).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(d < 1e-4, "{d}");
+        // and the im2col path (stride 2) over several tiles
+        let [x, w, b] = tensors(&mut rng, &[1, 256, 96, 80], 3, 3, 16, DType::F32);
+        let y1 = try_fused(&x, &w, Some(&b), 2, (1, 1)).unwrap().unwrap();
+        let y0 = reference::conv2d(&x, &w, Some(&b), 2, 1).unwrap();
+        let g2 = Geom::new(x.dims(), w.dims(), 2, (1, 1)).unwrap();
+        assert!(g2.tile::<f32>() < g2.p());
         let d = (y1 - y0).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
         assert!(d < 1e-4, "{d}");
     }

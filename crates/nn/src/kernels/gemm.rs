@@ -30,7 +30,7 @@ pub fn parallelism() -> Parallelism {
     }
 }
 
-/// `dst[m×n] (row-major, row stride dst_rs) (+)= lhs[m×k] · rhs[k×n]`.
+/// `dst[m×n] (row stride dst_rs, column stride dst_cs) (+)= lhs[m×k] · rhs[k×n]`.
 ///
 /// # Safety
 /// Every view must address valid memory for its shape; `dst` must not alias `lhs`/`rhs`.
@@ -40,6 +40,7 @@ pub unsafe fn gemm<T: 'static + super::real::Real>(
     k: usize,
     dst: *mut T,
     dst_rs: usize,
+    dst_cs: usize,
     accumulate: bool,
     lhs: Mat<T>,
     rhs: Mat<T>,
@@ -52,7 +53,7 @@ pub unsafe fn gemm<T: 'static + super::real::Real>(
         n,
         k,
         dst,
-        1,
+        dst_cs as isize,
         dst_rs as isize,
         accumulate,
         lhs.ptr,

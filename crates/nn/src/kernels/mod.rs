@@ -3,6 +3,7 @@
 //! and gradients.
 
 pub mod conv;
+pub mod conv_s1;
 pub mod gemm;
 pub mod group_norm;
 pub mod pool;
