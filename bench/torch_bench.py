@@ -270,6 +270,20 @@ def train_step_setup():
 ITEMS["tok_train_step_b4"] = (train_step_setup, 3)
 
 
+# --- GEMM shapes of a [8,128,64,64] conv (torch.mm on dense row-major matrices) ---------------------
+def sgemm_item(name, m, n, k):
+    def setup():
+        a, b = torch.randn(m, k), torch.randn(k, n)
+        return (lambda: torch.mm(a, b)), None
+
+    ITEMS[name] = (setup, 5)
+
+
+sgemm_item("sgemm_conv_tap", 128, 4222, 128)  # one kernel tap of the stride-1 conv
+sgemm_item("sgemm_conv_wgrad", 128, 128, 4222)  # one tap of its weight gradient
+sgemm_item("sgemm_im2col", 128, 1024, 1152)  # a stride-2 im2col tile
+
+
 # ---------------------------------------------------------------------- main
 def bench(name, reps):
     setup, default_reps = ITEMS[name]

@@ -3,7 +3,7 @@
 
 use candle_core::{DType, Device, Tensor};
 use gen_runtime::imageio::{self, RgbImage, SourceMode};
-use gen_tests::{assert_close, assert_exact, fixture, load, Tolerances};
+use gen_tests::{assert_close, assert_exact, device, fixture, load, Tolerances};
 
 fn u8_tensor(img: &RgbImage) -> Tensor {
     Tensor::from_vec(img.data.clone(), (img.height, img.width, 3), &Device::Cpu).unwrap()
@@ -49,8 +49,8 @@ fn reconstruct_case_indices_and_xrec_match_official() {
     let Some(root) = fixture("tokenizer") else { return };
     let dir = root.join("reconstruct");
     let case = load(&dir.join("case.safetensors"));
-    let model = gen_tokenizer::load_tokenizer(&root.join("f16-tiny/weights.safetensors"), None, Some(64), DType::F32, &Device::Cpu).unwrap();
-    let (xrec, idx) = model.reconstruct(&case["x"]).unwrap();
+    let model = gen_tokenizer::load_tokenizer(&root.join("f16-tiny/weights.safetensors"), None, Some(64), DType::F32, &device()).unwrap();
+    let (xrec, idx) = model.reconstruct(&case["x"].to_device(&device()).unwrap()).unwrap();
     assert_exact("reconstruct indices", &idx, &case["indices"]);
     let (atol, rtol) = Tolerances::open(&root).get("reconstruct/case.safetensors:xrec");
     assert_close("reconstruct xrec", &xrec, &case["xrec"], atol, rtol);

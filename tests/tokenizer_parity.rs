@@ -6,7 +6,7 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 use gen_nn::{Params, Weights};
-use gen_tests::{assert_close, assert_exact, fixture, load, Tolerances};
+use gen_tests::{assert_close, assert_exact, device, fixture, load, Tolerances};
 use gen_tokenizer::{read_weights, VqConfig, VqModel};
 
 /// `resolution:` from the fixture's official `config.yaml` (it places the attention layers).
@@ -30,7 +30,7 @@ fn forward_parity(cfg: &str) {
     let res = yaml_resolution(&dir);
     let w = read_weights(&dir.join("weights.safetensors"), None, Some(res)).unwrap();
     assert_eq!(w.config.resolution, res);
-    let (mut model, weights) = w.build(DType::F32, &Device::Cpu).unwrap();
+    let (mut model, weights) = w.build(DType::F32, &device()).unwrap();
     model.quantizer.freeze_projection().unwrap();
     let unused = weights.unused();
     assert!(unused.is_empty(), "weights the model never read: {unused:?}");
@@ -39,7 +39,7 @@ fn forward_parity(cfg: &str) {
 
 fn forward_checks(cfg: &str, model: &VqModel, root: &Path, tol: &Tolerances) {
     let dir = root.join(cfg);
-    let x = &load(&dir.join("inputs.safetensors"))["x"];
+    let x = &load(&dir.join("inputs.safetensors"))["x"].to_device(&device()).unwrap();
     let want = load(&dir.join("outputs.safetensors"));
     let o = "outputs.safetensors";
     let mut acts: HashMap<String, Tensor> = HashMap::new();
@@ -66,7 +66,7 @@ fn forward_checks(cfg: &str, model: &VqModel, root: &Path, tol: &Tolerances) {
         dacts.insert(n.to_string(), t.clone());
     }).unwrap();
     check(tol, cfg, o, "xrec", &xrec, &want["xrec"]);
-    let from_ids = model.decode_indices(&want["indices"], None).unwrap();
+    let from_ids = model.decode_indices(&want["indices"].to_device(&device()).unwrap(), None).unwrap();
     check(tol, cfg, o, "xrec_from_indices", &from_ids, &want["xrec_from_indices"]);
     acts.extend(dacts);
     for (name, t) in &want {
@@ -108,7 +108,7 @@ fn official_checkpoint_pth_with_codebook_gives_identical_outputs() {
     // resolution comes from the checkpoint's own `args.image_size` (64)
     let w = read_weights(&dir.join("checkpoint.pth"), Some(&dir.join("codebook_init.pth")), None).unwrap();
     assert_eq!(w.config.resolution, 64);
-    let (mut model, _) = w.build(DType::F32, &Device::Cpu).unwrap();
+    let (mut model, _) = w.build(DType::F32, &device()).unwrap();
     model.quantizer.freeze_projection().unwrap();
     forward_checks("f16-tiny", &model, &root, &tol);
     // and without --codebook: the state dict carries tok_embeddings.weight
@@ -122,10 +122,12 @@ fn gradient_parity(cfg: &str) {
     let dir = root.join(cfg);
     let tol = Tolerances::open(&root);
     let w = read_weights(&dir.join("weights.safetensors"), None, Some(yaml_resolution(&dir))).unwrap();
-    let (params, tensors) = Params::from_tensors(&w.tensors, |n| n != "tok_embeddings.weight").unwrap();
+    let dev = device();
+    let on_dev: HashMap<String, Tensor> = w.tensors.iter().map(|(k, t)| (k.clone(), t.to_device(&dev).unwrap())).collect();
+    let (params, tensors) = Params::from_tensors(&on_dev, |n| n != "tok_embeddings.weight").unwrap();
     let weights = Weights::new(cfg, tensors);
-    let model = VqModel::new(weights.var_builder(DType::F32, &Device::Cpu), &w.config).unwrap();
-    let x = &load(&dir.join("inputs.safetensors"))["x"];
+    let model = VqModel::new(weights.var_builder(DType::F32, &dev), &w.config).unwrap();
+    let x = &load(&dir.join("inputs.safetensors"))["x"].to_device(&dev).unwrap();
     let want = load(&dir.join("grads.safetensors"));
     let q = model.encode(x).unwrap();
     let xrec = model.decode(&q.z_q).unwrap();
@@ -178,9 +180,9 @@ fn lc_100k_quantizer_indices_and_utilisation_match_official() {
     let cb = &weights["tok_embeddings.weight"];
     let cfg = VqConfig { codebook_size: cb.dim(0).unwrap(), codebook_dim: cb.dim(1).unwrap(), embed_dim: 8, ..VqConfig::f16() };
     let w = Weights::new("quantizer-100k/weights.safetensors", weights);
-    let mut q = gen_tokenizer::quantizer::LcQuantizer::new(w.var_builder(DType::F32, &Device::Cpu), &cfg).unwrap();
+    let mut q = gen_tokenizer::quantizer::LcQuantizer::new(w.var_builder(DType::F32, &device()), &cfg).unwrap();
     q.freeze_projection().unwrap();
-    let out = q.quantize(&case["z"]).unwrap();
+    let out = q.quantize(&case["z"].to_device(&device()).unwrap()).unwrap();
     assert_exact("100k indices", &out.indices, &case["indices"]);
     let mut ids = out.indices.flatten_all().unwrap().to_vec1::<u32>().unwrap();
     ids.sort_unstable();

@@ -33,6 +33,14 @@ pub fn fixture(rel: &str) -> Option<PathBuf> {
     None
 }
 
+/// The device parity tests run on: `GEN_TEST_DEVICE=cuda` (a `--features cuda` build) or the CPU.
+pub fn device() -> Device {
+    match std::env::var("GEN_TEST_DEVICE").as_deref() {
+        Ok("cuda") => Device::new_cuda(0).expect("GEN_TEST_DEVICE=cuda needs a CUDA build and a GPU"),
+        _ => Device::Cpu,
+    }
+}
+
 pub fn load(path: &Path) -> HashMap<String, Tensor> {
     candle_core::safetensors::load(path, &Device::Cpu).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }

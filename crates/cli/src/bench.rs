@@ -57,7 +57,34 @@ const ITEMS: &[Item] = &[
     ("tok_roundtrip_b1", |c| tok_roundtrip(c, 1)),
     ("tok_roundtrip_b4", |c| tok_roundtrip(c, 4)),
     ("tok_train_step_b4", tok_train_step),
+    ("sgemm_conv_tap", |_| sgemm(128, 4222, 128, false)),
+    ("sgemm_conv_wgrad", |_| sgemm(128, 128, 4222, false)),
+    ("sgemm_im2col", |_| sgemm(128, 1024, 1152, false)),
+    #[cfg(feature = "openblas")]
+    ("sgemm_conv_tap_openblas", |_| sgemm(128, 4222, 128, true)),
+    #[cfg(feature = "openblas")]
+    ("sgemm_conv_wgrad_openblas", |_| sgemm(128, 128, 4222, true)),
+    #[cfg(feature = "openblas")]
+    ("sgemm_im2col_openblas", |_| sgemm(128, 1024, 1152, true)),
 ];
+
+/// The GEMM shapes of a [8,128,64,64] conv: one kernel tap (stride-1 path), one tap's weight gradient,
+/// and a stride-2 im2col tile. `openblas` selects the system BLAS (feature `openblas`).
+fn sgemm(m: usize, n: usize, k: usize, openblas: bool) -> Result<Box<dyn FnMut() -> Result<()>>> {
+    let mut rng = Rng::new(0);
+    let a: Vec<f32> = (0..m * k).map(|_| rng.normal() as f32).collect();
+    let b: Vec<f32> = (0..k * n).map(|_| rng.normal() as f32).collect();
+    let mut c = vec![0f32; m * n];
+    Ok(Box::new(move || {
+        if openblas {
+            #[cfg(feature = "openblas")]
+            kernels::gemm::sgemm_openblas(m, n, k, &a, &b, &mut c);
+        } else {
+            kernels::gemm::sgemm_crate(m, n, k, &a, &b, &mut c);
+        }
+        Ok(())
+    }))
+}
 
 fn rand(rng: &mut Rng, shape: &[usize], std: f64) -> Result<Tensor> {
     Ok(rng.randn(shape, std, &Device::Cpu)?)
@@ -205,7 +232,8 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         ours.push((name, ms));
     }
     drop(ctx);
-    let names: Vec<&str> = ours.iter().map(|(n, _)| *n).collect();
+    // the baseline times torch.mm for the plain sgemm items; the `_openblas` rows are ours
+    let names: Vec<&str> = ours.iter().map(|(n, _)| *n).filter(|n| !n.ends_with("_openblas")).collect();
     let base = if a.no_baseline {
         BTreeMap::new()
     } else {
@@ -218,7 +246,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
     println!("|---|---|---|---|");
     for (name, ms) in &ours {
         let (gmin, gmed) = min_median(ms);
-        match base.get(*name) {
+        match base.get(name.trim_end_matches("_openblas")) {
             Some(t) => {
                 let (tmin, tmed) = min_median(t);
                 println!("| {name} | {gmin:.1} / {gmed:.1} | {tmin:.1} / {tmed:.1} | {:.2} |", tmin / gmin);
