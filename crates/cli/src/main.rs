@@ -5,6 +5,16 @@
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+extern "C" {
+    // part of the mimalloc library linked above
+    fn mi_option_set(option: i32, value: std::ffi::c_long);
+}
+
+/// `mi_option_purge_delay` (mimalloc v2 `mi_option_e`): -1 never returns freed pages to the OS.
+const MI_OPTION_PURGE_DELAY: i32 = 15;
+
 fn main() {
+    // SAFETY: sets a global allocator option before any other thread exists
+    unsafe { mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
     gen_cli::main()
 }

@@ -47,10 +47,25 @@ fn n_valid(g: &Geom, pd: &Padded) -> usize {
     (g.ho() - 1) * pd.wp + g.wo()
 }
 
+/// The weights regrouped per tap, `[kh·kw][cout][cin]`, so each tap's matrix is dense (BLAS-friendly).
+fn taps<T: Real>(g: &Geom, w: &[T]) -> Vec<T> {
+    let kk = g.kh * g.kw;
+    let mut out = vec![T::default(); w.len()];
+    for co in 0..g.cout {
+        for ci in 0..g.cin {
+            for t in 0..kk {
+                out[(t * g.cout + co) * g.cin + ci] = w[(co * g.cin + ci) * kk + t];
+            }
+        }
+    }
+    out
+}
+
 /// y[n, cout, ho, wo] = conv(x, w) + b, stride 1.
 pub fn forward<T: Real>(g: &Geom, x: &[T], w: &[T], b: &[T]) -> Vec<T> {
     let pd = Padded::of(g);
-    let (ho, wo, kk, k) = (g.ho(), g.wo(), g.kh * g.kw, g.cin * g.kh * g.kw);
+    let (ho, wo) = (g.ho(), g.wo());
+    let wt = taps(g, w);
     let pitch = ho * pd.wp;
     let mut y = vec![T::default(); g.n * g.cout * ho * wo];
     let mut xpad = vec![T::default(); g.cin * pd.plane()];
@@ -60,8 +75,10 @@ pub fn forward<T: Real>(g: &Geom, x: &[T], w: &[T], b: &[T]) -> Vec<T> {
         full.par_chunks_mut(pitch).zip(b.par_iter()).for_each(|(row, &bv)| row.fill(bv));
         for ki in 0..g.kh {
             for kj in 0..g.kw {
-                let lhs = Mat { ptr: w[ki * g.kw + kj..].as_ptr(), rs: k as isize, cs: kk as isize };
+                let t = ki * g.kw + kj;
+                let lhs = Mat::row_major(&wt[t * g.cout * g.cin..(t + 1) * g.cout * g.cin], g.cin);
                 let rhs = Mat { ptr: xpad[ki * pd.wp + kj..].as_ptr(), rs: pd.plane() as isize, cs: 1 };
+                // SAFETY: rhs reads xpad[ci·plane + t_off + p] for p < n_valid, inside the padded planes
                 unsafe { gemm(g.cout, n_valid(g, &pd), g.cin, full.as_mut_ptr(), pitch, 1, true, lhs, rhs) };
             }
         }
@@ -109,6 +126,7 @@ pub fn backward_weight<T: Real>(g: &Geom, x: &[T], dy: &[T], dw: &mut [T]) {
     let pitch = ho * pd.wp;
     let mut xpad = vec![T::default(); g.cin * pd.plane()];
     let mut dyfull = vec![T::default(); g.cout * pitch]; // dY on the padded pitch, zeros past Wo
+    let mut tap = vec![T::default(); g.cout * g.cin];
     for i in 0..g.n {
         pad_image(g, &pd, &x[i * g.cin * g.h * g.w..(i + 1) * g.cin * g.h * g.w], &mut xpad);
         let dyi = &dy[i * g.cout * ho * wo..(i + 1) * g.cout * ho * wo];
@@ -121,8 +139,15 @@ pub fn backward_weight<T: Real>(g: &Geom, x: &[T], dy: &[T], dw: &mut [T]) {
             for kj in 0..g.kw {
                 let lhs = Mat { ptr: dyfull.as_ptr(), rs: pitch as isize, cs: 1 };
                 let rhs = Mat { ptr: xpad[ki * pd.wp + kj..].as_ptr(), rs: 1, cs: pd.plane() as isize };
-                let dst = dw[ki * g.kw + kj..].as_mut_ptr();
-                unsafe { gemm(g.cout, g.cin, n_valid(g, &pd), dst, k, kk, i > 0, lhs, rhs) };
+                // SAFETY: as in `forward`; `tap` is a dense [cout, cin] buffer
+                unsafe { gemm(g.cout, g.cin, n_valid(g, &pd), tap.as_mut_ptr(), g.cin, 1, false, lhs, rhs) };
+                let t = ki * g.kw + kj;
+                for co in 0..g.cout {
+                    for ci in 0..g.cin {
+                        let d = &mut dw[co * k + ci * kk + t];
+                        *d = *d + tap[co * g.cin + ci];
+                    }
+                }
             }
         }
     }

@@ -1,7 +1,11 @@
 //! One GEMM entry point for the CPU kernels: `dst = (accumulate ? dst : 0) + lhs · rhs`, with arbitrary
-//! row/column strides (so transposes are free). Backed by the `gemm` crate (what Candle uses), with
-//! rayon parallelism over all threads. With the `openblas` feature, `sgemm_openblas` calls the system
-//! OpenBLAS (`cblas_sgemm`) for the measurement in `gen bench` (see BENCHMARKS.md for the choice).
+//! row/column strides (so transposes are free).
+//!
+//! With the `openblas` feature (the default of the `gen` package; `apt-get install libopenblas-dev`),
+//! calls whose operands have a unit stride on one side go to the system OpenBLAS (`cblas_sgemm` /
+//! `cblas_dgemm`): on this machine it ran our conv tap shape (128×4222×128) twice as fast as the `gemm`
+//! crate (BENCHMARKS.md). Everything else, and every call when built without the feature or run with
+//! `GEN_GEMM=rust`, goes to the pure-Rust `gemm` crate (what Candle uses) on the rayon threads.
 
 use gemm::Parallelism;
 
@@ -49,6 +53,29 @@ pub unsafe fn gemm<T: 'static + super::real::Real>(
     if m == 0 || n == 0 {
         return;
     }
+    #[cfg(feature = "openblas")]
+    if cblas::try_gemm(m, n, k, dst, dst_rs, dst_cs, accumulate, lhs, rhs) {
+        return;
+    }
+    rust_gemm(m, n, k, dst, dst_rs, dst_cs, accumulate, lhs, rhs)
+}
+
+/// The pure-Rust path: the `gemm` crate.
+///
+/// # Safety
+/// As [`gemm`].
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn rust_gemm<T: 'static + super::real::Real>(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut T,
+    dst_rs: usize,
+    dst_cs: usize,
+    accumulate: bool,
+    lhs: Mat<T>,
+    rhs: Mat<T>,
+) {
     gemm::gemm(
         m,
         n,
@@ -74,24 +101,73 @@ pub unsafe fn gemm<T: 'static + super::real::Real>(
 
 #[cfg(feature = "openblas")]
 mod cblas {
+    use std::any::TypeId;
+    use std::sync::OnceLock;
+
+    use super::Mat;
+
+    const ROW_MAJOR: i32 = 101;
+    const NO_TRANS: i32 = 111;
+    const TRANS: i32 = 112;
+
     #[link(name = "openblas")]
     extern "C" {
         pub fn cblas_sgemm(
-            layout: i32,
-            transa: i32,
-            transb: i32,
-            m: i32,
-            n: i32,
-            k: i32,
-            alpha: f32,
-            a: *const f32,
-            lda: i32,
-            b: *const f32,
-            ldb: i32,
-            beta: f32,
-            c: *mut f32,
-            ldc: i32,
+            layout: i32, ta: i32, tb: i32, m: i32, n: i32, k: i32, alpha: f32, a: *const f32, lda: i32,
+            b: *const f32, ldb: i32, beta: f32, c: *mut f32, ldc: i32,
         );
+        pub fn cblas_dgemm(
+            layout: i32, ta: i32, tb: i32, m: i32, n: i32, k: i32, alpha: f64, a: *const f64, lda: i32,
+            b: *const f64, ldb: i32, beta: f64, c: *mut f64, ldc: i32,
+        );
+        fn openblas_set_num_threads(n: i32);
+    }
+
+    /// OpenBLAS unless `GEN_GEMM=rust`; its thread count follows rayon's (so `--threads` holds).
+    fn enabled() -> bool {
+        *ENABLED.get_or_init(|| {
+            let on = std::env::var("GEN_GEMM").map_or(true, |v| v != "rust");
+            if on {
+                // SAFETY: plain setter of the library's thread count
+                unsafe { openblas_set_num_threads(rayon::current_num_threads() as i32) };
+            }
+            on
+        })
+    }
+    static ENABLED: OnceLock<bool> = OnceLock::new();
+
+    /// (transpose flag, leading dimension) of a view with `cols` columns, if BLAS can read it.
+    fn layout<T>(v: &Mat<T>, rows: usize, cols: usize) -> Option<(i32, i32)> {
+        if v.cs == 1 && v.rs >= cols.max(1) as isize {
+            Some((NO_TRANS, v.rs as i32))
+        } else if v.rs == 1 && v.cs >= rows.max(1) as isize {
+            Some((TRANS, v.cs as i32))
+        } else {
+            None
+        }
+    }
+
+    /// Runs the product through OpenBLAS when the operands allow it; false leaves it to the caller.
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn try_gemm<T: 'static>(
+        m: usize, n: usize, k: usize, dst: *mut T, dst_rs: usize, dst_cs: usize, accumulate: bool,
+        lhs: Mat<T>, rhs: Mat<T>,
+    ) -> bool {
+        if dst_cs != 1 || dst_rs < n.max(1) || k == 0 || !enabled() {
+            return false;
+        }
+        let (Some((ta, lda)), Some((tb, ldb))) = (layout(&lhs, m, k), layout(&rhs, k, n)) else { return false };
+        let beta = if accumulate { 1.0 } else { 0.0 };
+        let (m, n, k, ldc) = (m as i32, n as i32, k as i32, dst_rs as i32);
+        if TypeId::of::<T>() == TypeId::of::<f32>() {
+            cblas_sgemm(ROW_MAJOR, ta, tb, m, n, k, 1.0, lhs.ptr as _, lda, rhs.ptr as _, ldb, beta as f32, dst as _, ldc);
+            true
+        } else if TypeId::of::<T>() == TypeId::of::<f64>() {
+            cblas_dgemm(ROW_MAJOR, ta, tb, m, n, k, 1.0, lhs.ptr as _, lda, rhs.ptr as _, ldb, beta, dst as _, ldc);
+            true
+        } else {
+            false
+        }
     }
 }
 
@@ -99,11 +175,9 @@ mod cblas {
 #[cfg(feature = "openblas")]
 pub fn sgemm_openblas(m: usize, n: usize, k: usize, a: &[f32], b: &[f32], c: &mut [f32]) {
     assert!(a.len() >= m * k && b.len() >= k * n && c.len() >= m * n);
-    const ROW_MAJOR: i32 = 101;
-    const NO_TRANS: i32 = 111;
     // SAFETY: the slices cover the dense row-major matrices the call reads and writes
     unsafe {
-        cblas::cblas_sgemm(ROW_MAJOR, NO_TRANS, NO_TRANS, m as i32, n as i32, k as i32, 1.0, a.as_ptr(), k as i32, b.as_ptr(), n as i32, 0.0, c.as_mut_ptr(), n as i32)
+        cblas::cblas_sgemm(101, 111, 111, m as i32, n as i32, k as i32, 1.0, a.as_ptr(), k as i32, b.as_ptr(), n as i32, 0.0, c.as_mut_ptr(), n as i32)
     }
 }
 
@@ -111,5 +185,5 @@ pub fn sgemm_openblas(m: usize, n: usize, k: usize, a: &[f32], b: &[f32], c: &mu
 pub fn sgemm_crate(m: usize, n: usize, k: usize, a: &[f32], b: &[f32], c: &mut [f32]) {
     assert!(a.len() >= m * k && b.len() >= k * n && c.len() >= m * n);
     // SAFETY: as above
-    unsafe { gemm(m, n, k, c.as_mut_ptr(), n, 1, false, Mat::row_major(a, k), Mat::row_major(b, n)) }
+    unsafe { rust_gemm(m, n, k, c.as_mut_ptr(), n, 1, false, Mat::row_major(a, k), Mat::row_major(b, n)) }
 }
