@@ -202,29 +202,6 @@ fn backward_weight<T: Real>(g: &Geom, x: &[T], dy: &[T]) -> Vec<T> {
     out
 }
 
-fn slice<'a, T>(s: &'a [T], l: &Layout) -> Result<&'a [T]> {
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&s[a..b]),
-        None => candle_core::bail!("conv2d kernel: operands must be contiguous"),
-    }
-}
-
-macro_rules! dispatch {
-    ($name:literal, $s1:expr, $l1:expr, $s2:expr, $l2:expr, |$a:ident, $b:ident| $body:expr) => {
-        match ($s1, $s2) {
-            (CpuStorage::F32(a), CpuStorage::F32(b)) => {
-                let ($a, $b) = (slice(a, $l1)?, slice(b, $l2)?);
-                CpuStorage::F32($body)
-            }
-            (CpuStorage::F64(a), CpuStorage::F64(b)) => {
-                let ($a, $b) = (slice(a, $l1)?, slice(b, $l2)?);
-                CpuStorage::F64($body)
-            }
-            _ => candle_core::bail!(concat!($name, ": operands must all be f32 or all f64")),
-        }
-    };
-}
-
 /// y = conv2d(x, w) + b.
 #[derive(Clone, Copy, Debug)]
 pub struct Conv2dOp {
@@ -240,15 +217,7 @@ impl CustomOp3 for Conv2dOp {
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
         let g = Geom::new(l1.dims(), l2.dims(), self.stride, self.pad)?;
-        let out = match (s1, s2, s3) {
-            (CpuStorage::F32(x), CpuStorage::F32(w), CpuStorage::F32(b)) => {
-                CpuStorage::F32(forward(&g, slice(x, l1)?, slice(w, l2)?, slice(b, l3)?))
-            }
-            (CpuStorage::F64(x), CpuStorage::F64(w), CpuStorage::F64(b)) => {
-                CpuStorage::F64(forward(&g, slice(x, l1)?, slice(w, l2)?, slice(b, l3)?))
-            }
-            _ => candle_core::bail!("gen-conv2d: operands must all be f32 or all f64"),
-        };
+        let out = dispatch!(self.name(), (s1, l1), (s2, l2), (s3, l3) => |x, w, b| forward(&g, x, w, b));
         Ok((out, g.out_shape()))
     }
 
@@ -272,7 +241,7 @@ impl CustomOp2 for Conv2dBwdInput {
     }
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let g = &self.0;
-        let out = dispatch!("gen-conv2d-bwd-input", s1, l1, s2, l2, |w, dy| backward_input(g, w, dy));
+        let out = dispatch!(self.name(), (s1, l1), (s2, l2) => |w, dy| backward_input(g, w, dy));
         Ok((out, Shape::from((g.n, g.cin, g.h, g.w))))
     }
 }
@@ -285,7 +254,7 @@ impl CustomOp2 for Conv2dBwdWeight {
     }
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let g = &self.0;
-        let out = dispatch!("gen-conv2d-bwd-weight", s1, l1, s2, l2, |x, dy| backward_weight(g, x, dy));
+        let out = dispatch!(self.name(), (s1, l1), (s2, l2) => |x, dy| backward_weight(g, x, dy));
         Ok((out, Shape::from(g.cout * g.k() + g.cout)))
     }
 }

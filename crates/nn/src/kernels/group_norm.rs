@@ -10,13 +10,6 @@ use rayon::prelude::*;
 
 use super::real::Real;
 
-fn contiguous<'a, T>(s: &'a [T], l: &Layout, what: &str) -> Result<&'a [T]> {
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&s[a..b]),
-        None => candle_core::bail!("group_norm: {what} must be contiguous"),
-    }
-}
-
 /// mean and 1/sqrt(var + eps) of one group slice.
 fn stats<T: Real>(xs: &[T], eps: f64) -> (T, T) {
     let n = xs.len() as f64;
@@ -85,23 +78,7 @@ impl CustomOp3 for GroupNormOp {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (_, c, hw) = self.dims(l1.shape())?;
-        let out = match (s1, s2, s3) {
-            (CpuStorage::F32(x), CpuStorage::F32(w), CpuStorage::F32(b)) => CpuStorage::F32(self.fwd(
-                contiguous(x, l1, "x")?,
-                contiguous(w, l2, "weight")?,
-                contiguous(b, l3, "bias")?,
-                c,
-                hw,
-            )),
-            (CpuStorage::F64(x), CpuStorage::F64(w), CpuStorage::F64(b)) => CpuStorage::F64(self.fwd(
-                contiguous(x, l1, "x")?,
-                contiguous(w, l2, "weight")?,
-                contiguous(b, l3, "bias")?,
-                c,
-                hw,
-            )),
-            _ => candle_core::bail!("group_norm: x, weight and bias must all be f32 or all f64"),
-        };
+        let out = dispatch!(self.name(), (s1, l1), (s2, l2), (s3, l3) => |x, w, b| self.fwd(x, w, b, c, hw));
         Ok((out, l1.shape().clone()))
     }
 
@@ -209,23 +186,7 @@ impl CustomOp3 for GroupNormBwd {
     ) -> Result<(CpuStorage, Shape)> {
         let (_, c, hw) = self.0.dims(l1.shape())?;
         let n = l1.shape().elem_count() + 2 * c;
-        let out = match (s1, s2, s3) {
-            (CpuStorage::F32(x), CpuStorage::F32(wb), CpuStorage::F32(dy)) => CpuStorage::F32(self.run(
-                contiguous(x, l1, "x")?,
-                contiguous(wb, l2, "weight")?,
-                contiguous(dy, l3, "grad")?,
-                c,
-                hw,
-            )),
-            (CpuStorage::F64(x), CpuStorage::F64(wb), CpuStorage::F64(dy)) => CpuStorage::F64(self.run(
-                contiguous(x, l1, "x")?,
-                contiguous(wb, l2, "weight")?,
-                contiguous(dy, l3, "grad")?,
-                c,
-                hw,
-            )),
-            _ => candle_core::bail!("group_norm backward: mixed dtypes"),
-        };
+        let out = dispatch!(self.name(), (s1, l1), (s2, l2), (s3, l3) => |x, wb, dy| self.run(x, wb, dy, c, hw));
         Ok((out, Shape::from(n)))
     }
 }

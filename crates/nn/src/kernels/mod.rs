@@ -2,6 +2,33 @@
 //! to a composition of Candle ops elsewhere (CUDA, half precision), so every device gets correct values
 //! and gradients.
 
+/// The contiguous slice a layout addresses; our kernels read dense operands.
+pub(crate) fn dense<'a, T>(s: &'a [T], l: &candle_core::Layout, op: &str) -> Result<&'a [T]> {
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&s[a..b]),
+        None => candle_core::bail!("{op}: operands must be contiguous"),
+    }
+}
+
+/// Runs `$body` on the operands as `&[f32]` or `&[f64]` slices (all the same dtype) and wraps the
+/// returned `Vec` in the matching `CpuStorage`.
+macro_rules! dispatch {
+    ($op:expr, $(($s:expr, $l:expr)),+ => |$($a:ident),+| $body:expr) => {
+        match ($($s,)+) {
+            ($(candle_core::CpuStorage::F32($a),)+) => {
+                $(let $a = $crate::kernels::dense($a, $l, $op)?;)+
+                candle_core::CpuStorage::F32($body)
+            }
+            ($(candle_core::CpuStorage::F64($a),)+) => {
+                $(let $a = $crate::kernels::dense($a, $l, $op)?;)+
+                candle_core::CpuStorage::F64($body)
+            }
+            #[allow(unreachable_patterns)]
+            _ => candle_core::bail!("{}: operands must all be f32 or all f64", $op),
+        }
+    };
+}
+
 pub mod conv;
 pub mod conv_s1;
 pub mod gemm;

@@ -82,10 +82,6 @@ fn plane_dims(l: &Layout) -> Result<(usize, usize)> {
     }
 }
 
-fn slice<'a, T>(s: &'a [T], l: &Layout) -> Result<&'a [T]> {
-    l.contiguous_offsets().map(|(a, b)| &s[a..b]).ok_or_else(|| candle_core::Error::Msg("max_pool2d: input must be contiguous".into()))
-}
-
 impl CustomOp1 for MaxPool2d {
     fn name(&self) -> &'static str {
         "gen-max-pool2d"
@@ -93,11 +89,7 @@ impl CustomOp1 for MaxPool2d {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let (h, w) = plane_dims(l)?;
         let (ho, wo) = self.out(h, w)?;
-        let out = match s {
-            CpuStorage::F32(x) => CpuStorage::F32(self.fwd(slice(x, l)?, h, w)?),
-            CpuStorage::F64(x) => CpuStorage::F64(self.fwd(slice(x, l)?, h, w)?),
-            _ => candle_core::bail!("gen-max-pool2d: f32 or f64 only"),
-        };
+        let out = dispatch!(self.name(), (s, l) => |x| self.fwd(x, h, w)?);
         let d = l.dims();
         Ok((out, Shape::from((d[0], d[1], ho, wo))))
     }
@@ -114,11 +106,7 @@ impl CustomOp2 for MaxPoolBwd {
     }
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let (h, w) = plane_dims(l1)?;
-        let out = match (s1, s2) {
-            (CpuStorage::F32(x), CpuStorage::F32(dy)) => CpuStorage::F32(self.0.bwd_run(slice(x, l1)?, slice(dy, l2)?, h, w)?),
-            (CpuStorage::F64(x), CpuStorage::F64(dy)) => CpuStorage::F64(self.0.bwd_run(slice(x, l1)?, slice(dy, l2)?, h, w)?),
-            _ => candle_core::bail!("gen-max-pool2d backward: mixed dtypes"),
-        };
+        let out = dispatch!(self.name(), (s1, l1), (s2, l2) => |x, dy| self.0.bwd_run(x, dy, h, w)?);
         Ok((out, l1.shape().clone()))
     }
 }

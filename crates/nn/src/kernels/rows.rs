@@ -9,13 +9,6 @@ use rayon::prelude::*;
 
 use super::real::Real;
 
-fn contiguous<'a, T>(s: &'a [T], l: &Layout, op: &str) -> Result<&'a [T]> {
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&s[a..b]),
-        None => candle_core::bail!("{op}: input must be contiguous"),
-    }
-}
-
 /// softmax over the last dimension.
 pub struct Softmax;
 
@@ -43,11 +36,7 @@ impl CustomOp1 for Softmax {
     }
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let d = *l.dims().last().unwrap_or(&1);
-        let out = match s {
-            CpuStorage::F32(x) => CpuStorage::F32(Self::run(contiguous(x, l, "softmax")?, d)),
-            CpuStorage::F64(x) => CpuStorage::F64(Self::run(contiguous(x, l, "softmax")?, d)),
-            _ => candle_core::bail!("gen-softmax: f32 or f64 only"),
-        };
+        let out = dispatch!(self.name(), (s, l) => |x| Self::run(x, d));
         Ok((out, l.shape().clone()))
     }
     fn bwd(&self, _x: &Tensor, y: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
@@ -83,21 +72,7 @@ impl CustomOp3 for LayerNorm {
     }
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
         let d = *l1.dims().last().unwrap_or(&1);
-        let out = match (s1, s2, s3) {
-            (CpuStorage::F32(x), CpuStorage::F32(w), CpuStorage::F32(b)) => CpuStorage::F32(self.run(
-                contiguous(x, l1, "layer_norm")?,
-                contiguous(w, l2, "layer_norm")?,
-                contiguous(b, l3, "layer_norm")?,
-                d,
-            )),
-            (CpuStorage::F64(x), CpuStorage::F64(w), CpuStorage::F64(b)) => CpuStorage::F64(self.run(
-                contiguous(x, l1, "layer_norm")?,
-                contiguous(w, l2, "layer_norm")?,
-                contiguous(b, l3, "layer_norm")?,
-                d,
-            )),
-            _ => candle_core::bail!("gen-layer-norm: x, weight, bias must all be f32 or all f64"),
-        };
+        let out = dispatch!(self.name(), (s1, l1), (s2, l2), (s3, l3) => |x, w, b| self.run(x, w, b, d));
         Ok((out, l1.shape().clone()))
     }
     fn bwd(&self, x: &Tensor, w: &Tensor, _b: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {

@@ -1,41 +1,34 @@
 //! Small numeric helpers written so the compiler vectorises them: fixed-width lane accumulators, and an
 //! `exp` that is a polynomial (libm's `expf` is a scalar call per element and made SiLU 6× slower).
 
-/// Sum of `xs` as f64: f32 lane sums over short blocks, blocks added in f64 (accurate and fast).
-#[inline]
-pub fn sum_f32(xs: &[f32]) -> f64 {
+/// Σ f(x) as f64: f32 lane sums over short blocks, blocks added in f64 (accurate, and vectorised).
+#[inline(always)]
+fn block_sum(xs: &[f32], f: impl Fn(f32) -> f32) -> f64 {
     let mut total = 0f64;
     for block in xs.chunks(1024) {
         let mut acc = [0f32; 16];
         let mut it = block.chunks_exact(16);
         for c in &mut it {
             for i in 0..16 {
-                acc[i] += c[i];
+                acc[i] += f(c[i]);
             }
         }
-        let tail: f32 = it.remainder().iter().sum();
+        let tail: f32 = it.remainder().iter().map(|&x| f(x)).sum();
         total += acc.iter().map(|&a| a as f64).sum::<f64>() + tail as f64;
     }
     total
 }
 
-/// Σ (x − m)² as f64, same blocking as `sum_f32`.
+/// Σ x as f64.
+#[inline]
+pub fn sum_f32(xs: &[f32]) -> f64 {
+    block_sum(xs, |x| x)
+}
+
+/// Σ (x − m)² as f64.
 #[inline]
 pub fn sum_sq_dev_f32(xs: &[f32], m: f32) -> f64 {
-    let mut total = 0f64;
-    for block in xs.chunks(1024) {
-        let mut acc = [0f32; 16];
-        let mut it = block.chunks_exact(16);
-        for c in &mut it {
-            for i in 0..16 {
-                let d = c[i] - m;
-                acc[i] += d * d;
-            }
-        }
-        let tail: f32 = it.remainder().iter().map(|x| (x - m) * (x - m)).sum();
-        total += acc.iter().map(|&a| a as f64).sum::<f64>() + tail as f64;
-    }
-    total
+    block_sum(xs, |x| (x - m) * (x - m))
 }
 
 /// Σ a·b as f64.
