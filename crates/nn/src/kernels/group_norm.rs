@@ -10,12 +10,16 @@ use rayon::prelude::*;
 
 use super::real::Real;
 
-/// mean and 1/sqrt(var + eps) of one group slice.
+/// mean and 1/sqrt(var + eps) of one group slice, in one pass (moments shifted by the mean of the
+/// first few values, so the variance does not cancel).
 fn stats<T: Real>(xs: &[T], eps: f64) -> (T, T) {
     let n = xs.len() as f64;
-    let mean = T::sum(xs) / n;
-    let var = T::sum_sq_dev(xs, T::from_f64(mean)) / n;
-    (T::from_f64(mean), T::from_f64(1.0 / (var + eps).sqrt()))
+    let head = &xs[..xs.len().min(16)];
+    let k = T::from_f64(T::sum(head) / head.len().max(1) as f64);
+    let (s1, s2) = T::shifted_moments(xs, k);
+    let d = s1 / n;
+    let var = (s2 / n - d * d).max(0.0);
+    (T::from_f64(k.to_f64() + d), T::from_f64(1.0 / (var + eps).sqrt()))
 }
 
 #[derive(Clone, Copy, Debug)]

@@ -9,6 +9,8 @@ pub trait Real: Copy + Send + Sync + Default + Add<Output = Self> + Sub<Output =
     fn to_f64(self) -> f64;
     fn sum(xs: &[Self]) -> f64;
     fn sum_sq_dev(xs: &[Self], m: Self) -> f64;
+    /// (Σ (x − k), Σ (x − k)²) in one pass.
+    fn shifted_moments(xs: &[Self], k: Self) -> (f64, f64);
     fn dot(a: &[Self], b: &[Self]) -> f64;
     fn sigmoid(self) -> Self;
     /// e^x elementwise (the f32 path is the vectorised polynomial).
@@ -27,6 +29,9 @@ impl Real for f32 {
     }
     fn sum_sq_dev(xs: &[Self], m: Self) -> f64 {
         simd::sum_sq_dev_f32(xs, m)
+    }
+    fn shifted_moments(xs: &[Self], k: Self) -> (f64, f64) {
+        simd::shifted_moments_f32(xs, k)
     }
     fn dot(a: &[Self], b: &[Self]) -> f64 {
         simd::dot_f32(a, b)
@@ -52,6 +57,9 @@ impl Real for f64 {
     }
     fn sum_sq_dev(xs: &[Self], m: Self) -> f64 {
         xs.iter().map(|x| (x - m) * (x - m)).sum()
+    }
+    fn shifted_moments(xs: &[Self], k: Self) -> (f64, f64) {
+        xs.iter().fold((0.0, 0.0), |(a, b), x| (a + (x - k), b + (x - k) * (x - k)))
     }
     fn dot(a: &[Self], b: &[Self]) -> f64 {
         a.iter().zip(b).map(|(x, y)| x * y).sum()

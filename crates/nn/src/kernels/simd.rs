@@ -31,6 +31,31 @@ pub fn sum_sq_dev_f32(xs: &[f32], m: f32) -> f64 {
     block_sum(xs, |x| (x - m) * (x - m))
 }
 
+/// (Σ (x − k), Σ (x − k)²) as f64 in one pass: with k a sample of the data (near the mean) the
+/// variance `Σ(x−k)²/n − (Σ(x−k)/n)²` does not cancel catastrophically.
+#[inline]
+pub fn shifted_moments_f32(xs: &[f32], k: f32) -> (f64, f64) {
+    let (mut t1, mut t2) = (0f64, 0f64);
+    for block in xs.chunks(1024) {
+        let (mut a1, mut a2) = ([0f32; 16], [0f32; 16]);
+        let mut it = block.chunks_exact(16);
+        for c in &mut it {
+            for i in 0..16 {
+                let d = c[i] - k;
+                a1[i] += d;
+                a2[i] += d * d;
+            }
+        }
+        for &x in it.remainder() {
+            t1 += (x - k) as f64;
+            t2 += ((x - k) * (x - k)) as f64;
+        }
+        t1 += a1.iter().map(|&a| a as f64).sum::<f64>();
+        t2 += a2.iter().map(|&a| a as f64).sum::<f64>();
+    }
+    (t1, t2)
+}
+
 /// Σ a·b as f64.
 #[inline]
 pub fn dot_f32(a: &[f32], b: &[f32]) -> f64 {
