@@ -142,6 +142,7 @@ fn gradient_parity(cfg: &str) {
     for (name, t) in &want {
         let Some(p) = name.strip_prefix("grad.") else { continue };
         let got = grads.get(by_name[p].as_tensor()).unwrap_or_else(|| panic!("{p}: no gradient"));
+        let got = &got.to_device(&Device::Cpu).unwrap();
         check(&tol, cfg, g, name, got, t);
         // gradients are small: also hold them to 1e-3 of their largest magnitude
         let diff = (got - t).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
