@@ -79,8 +79,12 @@ pub fn dot_f32(a: &[f32], b: &[f32]) -> f64 {
 #[inline(always)]
 pub fn exp_f32(x: f32) -> f32 {
     let x = x.clamp(-87.0, 88.0);
-    // round to nearest by the 1.5·2²³ trick: plain adds, so the loop vectorises on any x86-64
-    let n = (x * std::f32::consts::LOG2_E + 12_582_912.0) - 12_582_912.0;
+    // round to nearest by the 1.5·2²³ trick: plain adds, and n's bits sit in the low mantissa of t,
+    // so 2ⁿ is built with integer ops (a float→int `as` cast is saturating and would not vectorise)
+    const MAGIC: f32 = 12_582_912.0;
+    let t = x * std::f32::consts::LOG2_E + MAGIC;
+    let n = t - MAGIC;
+    let two_n = f32::from_bits(t.to_bits().wrapping_sub(MAGIC.to_bits()).wrapping_add(127) << 23);
     let r = x - n * 0.693_359_4 + n * 2.121_944_4e-4; // ln2 split in hi/lo parts
     let p = 1.987_569_1e-4f32;
     let p = p * r + 1.398_199_9e-3;
@@ -89,7 +93,7 @@ pub fn exp_f32(x: f32) -> f32 {
     let p = p * r + 1.666_666_5e-1;
     let p = p * r + 5e-1;
     let y = p * r * r + r + 1.0;
-    y * f32::from_bits(((n as i32 + 127) as u32) << 23)
+    y * two_n
 }
 
 /// σ(x) = 1 / (1 + e^−x) for f32.
