@@ -63,8 +63,17 @@ fn golden() -> Option<Golden> {
 fn reconstruct_with_official_checkpoint_matches_official_output() {
     let Some(g) = golden() else { return };
     let out = tmp("recon");
-    let o = gen(&["reconstruct", "--quiet", "--tokenizer", s(&g.ckpt), "--codebook", s(&g.codebook),
-        s(&g.recon.join("input_rgb.png")), "--out", s(&out)]);
+    let o = gen(&[
+        "reconstruct",
+        "--quiet",
+        "--tokenizer",
+        s(&g.ckpt),
+        "--codebook",
+        s(&g.codebook),
+        s(&g.recon.join("input_rgb.png")),
+        "--out",
+        s(&out),
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let got = decode_png(&out.join("input_rgb.png"));
     let want = decode_png(&g.recon.join("expected_output.png"));
@@ -80,8 +89,16 @@ fn reconstruct_with_official_checkpoint_matches_official_output() {
 fn reconstruct_converts_gray_and_rgba_inputs() {
     let Some(g) = golden() else { return };
     let out = tmp("gray");
-    let o = gen(&["reconstruct", "--quiet", "--tokenizer", s(&g.ckpt), s(&g.recon.join("input_gray.png")),
-        s(&g.recon.join("input_rgba.png")), "--out", s(&out)]);
+    let o = gen(&[
+        "reconstruct",
+        "--quiet",
+        "--tokenizer",
+        s(&g.ckpt),
+        s(&g.recon.join("input_gray.png")),
+        s(&g.recon.join("input_rgba.png")),
+        "--out",
+        s(&out),
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     for f in ["input_gray.png", "input_rgba.png"] {
         let (img, _) = gen_runtime::imageio::load_rgb(&out.join(f)).unwrap();
@@ -173,9 +190,19 @@ fn an_unsupported_image_format_is_rejected() {
     let dir = tmp("bmp");
     // a valid 1×1 BMP: this build reads PNG and JPEG only
     let bmp: Vec<u8> = [
-        &b"BM"[..], &58u32.to_le_bytes(), &[0; 4], &54u32.to_le_bytes(), &40u32.to_le_bytes(), &1i32.to_le_bytes(),
-        &1i32.to_le_bytes(), &1u16.to_le_bytes(), &24u16.to_le_bytes(), &[0; 24], &[255, 0, 0, 0],
-    ].concat();
+        &b"BM"[..],
+        &58u32.to_le_bytes(),
+        &[0; 4],
+        &54u32.to_le_bytes(),
+        &40u32.to_le_bytes(),
+        &1i32.to_le_bytes(),
+        &1i32.to_le_bytes(),
+        &1u16.to_le_bytes(),
+        &24u16.to_le_bytes(),
+        &[0; 24],
+        &[255, 0, 0, 0],
+    ]
+    .concat();
     std::fs::write(dir.join("pic.bmp"), bmp).unwrap();
     let o = gen(&["reconstruct", "--tokenizer", s(&g.ckpt), s(&dir.join("pic.bmp")), "--out", s(&dir)]);
     assert_one_line_error(&o, &["pic.bmp", "PNG or JPEG"]);
@@ -193,7 +220,9 @@ fn edited_weights(dir: &Path, edit: impl FnOnce(&mut std::collections::HashMap<S
 
 #[test]
 fn a_checkpoint_missing_a_key_names_the_key_and_its_shape() {
-    if golden().is_none() { return }
+    if golden().is_none() {
+        return;
+    }
     let dir = tmp("missingkey");
     let p = edited_weights(&dir, |w| {
         w.remove("decoder.conv_out.bias");
@@ -204,7 +233,9 @@ fn a_checkpoint_missing_a_key_names_the_key_and_its_shape() {
 
 #[test]
 fn a_tensor_of_the_wrong_shape_names_both_shapes() {
-    if golden().is_none() { return }
+    if golden().is_none() {
+        return;
+    }
     let dir = tmp("wrongshape");
     let p = edited_weights(&dir, |w| {
         w.insert("encoder.mid.attn_1.q.bias".into(), Tensor::zeros(7, DType::F32, &Device::Cpu).unwrap());

@@ -49,7 +49,14 @@ fn reconstruct_case_indices_and_xrec_match_official() {
     let Some(root) = fixture("tokenizer") else { return };
     let dir = root.join("reconstruct");
     let case = load(&dir.join("case.safetensors"));
-    let model = gen_tokenizer::load_tokenizer(&root.join("f16-tiny/weights.safetensors"), None, Some(64), DType::F32, &device()).unwrap();
+    let model = gen_tokenizer::load_tokenizer(
+        &root.join("f16-tiny/weights.safetensors"),
+        None,
+        Some(64),
+        DType::F32,
+        &device(),
+    )
+    .unwrap();
     let (xrec, idx) = model.reconstruct(&case["x"].to_device(&device()).unwrap()).unwrap();
     assert_exact("reconstruct indices", &idx, &case["indices"]);
     let (atol, rtol) = Tolerances::open(&root).get("reconstruct/case.safetensors:xrec");

@@ -43,9 +43,12 @@ fn forward_checks(cfg: &str, model: &VqModel, root: &Path, tol: &Tolerances) {
     let want = load(&dir.join("outputs.safetensors"));
     let o = "outputs.safetensors";
     let mut acts: HashMap<String, Tensor> = HashMap::new();
-    let h = model.encoder.forward_traced(x, &mut |n, t| {
-        acts.insert(n.to_string(), t.clone());
-    }).unwrap();
+    let h = model
+        .encoder
+        .forward_traced(x, &mut |n, t| {
+            acts.insert(n.to_string(), t.clone());
+        })
+        .unwrap();
     check(tol, cfg, o, "h", &h, &want["h"]);
     let z = model.encode_latent(x).unwrap();
     check(tol, cfg, o, "z", &z, &want["z"]);
@@ -62,9 +65,12 @@ fn forward_checks(cfg: &str, model: &VqModel, root: &Path, tol: &Tolerances) {
     let post = model.post_quant_conv.forward_t(&q.z_q);
     check(tol, cfg, o, "post_quant", &post, &want["post_quant"]);
     let mut dacts: HashMap<String, Tensor> = HashMap::new();
-    let xrec = model.decoder.forward_traced(&post, &mut |n, t| {
-        dacts.insert(n.to_string(), t.clone());
-    }).unwrap();
+    let xrec = model
+        .decoder
+        .forward_traced(&post, &mut |n, t| {
+            dacts.insert(n.to_string(), t.clone());
+        })
+        .unwrap();
     check(tol, cfg, o, "xrec", &xrec, &want["xrec"]);
     let from_ids = model.decode_indices(&want["indices"].to_device(&device()).unwrap(), None).unwrap();
     check(tol, cfg, o, "xrec_from_indices", &from_ids, &want["xrec_from_indices"]);
@@ -123,7 +129,8 @@ fn gradient_parity(cfg: &str) {
     let tol = Tolerances::open(&root);
     let w = read_weights(&dir.join("weights.safetensors"), None, Some(yaml_resolution(&dir))).unwrap();
     let dev = device();
-    let on_dev: HashMap<String, Tensor> = w.tensors.iter().map(|(k, t)| (k.clone(), t.to_device(&dev).unwrap())).collect();
+    let on_dev: HashMap<String, Tensor> =
+        w.tensors.iter().map(|(k, t)| (k.clone(), t.to_device(&dev).unwrap())).collect();
     let (params, tensors) = Params::from_tensors(&on_dev, |n| n != "tok_embeddings.weight").unwrap();
     let weights = Weights::new(cfg, tensors);
     let model = VqModel::new(weights.var_builder(DType::F32, &dev), &w.config).unwrap();
@@ -152,7 +159,8 @@ fn gradient_parity(cfg: &str) {
     // the frozen codebook is no parameter and gets no gradient; every parameter gets one
     assert_eq!(want["tok_embeddings_has_grad"].to_vec1::<i64>().unwrap(), vec![0]);
     assert!(!by_name.contains_key("tok_embeddings.weight"));
-    let missing: Vec<&str> = params.vars.iter().filter(|(_, v)| grads.get(v.as_tensor()).is_none()).map(|(n, _)| n.as_str()).collect();
+    let missing: Vec<&str> =
+        params.vars.iter().filter(|(_, v)| grads.get(v.as_tensor()).is_none()).map(|(n, _)| n.as_str()).collect();
     assert!(missing.is_empty(), "parameters without a gradient: {missing:?}");
 }
 
@@ -179,7 +187,12 @@ fn lc_100k_quantizer_indices_and_utilisation_match_official() {
     let weights = load(&dir.join("weights.safetensors"));
     let case = load(&dir.join("case.safetensors"));
     let cb = &weights["tok_embeddings.weight"];
-    let cfg = VqConfig { codebook_size: cb.dim(0).unwrap(), codebook_dim: cb.dim(1).unwrap(), embed_dim: 8, ..VqConfig::f16() };
+    let cfg = VqConfig {
+        codebook_size: cb.dim(0).unwrap(),
+        codebook_dim: cb.dim(1).unwrap(),
+        embed_dim: 8,
+        ..VqConfig::f16()
+    };
     let w = Weights::new("quantizer-100k/weights.safetensors", weights);
     let mut q = gen_tokenizer::quantizer::LcQuantizer::new(w.var_builder(DType::F32, &device()), &cfg).unwrap();
     q.freeze_projection().unwrap();
@@ -220,6 +233,13 @@ fn ema_quantizer_updates_match_official_including_blow_up() {
         let ea = Tensor::from_vec(q.embed_avg.clone(), (n, q.dim), &Device::Cpu).unwrap();
         check(&tol, "ema", f, &format!("{tag}.new.cluster_size"), &cs, &t("new.cluster_size"));
         check(&tol, "ema", f, &format!("{tag}.new.embed_avg"), &ea, &t("new.embed_avg"));
-        check(&tol, "ema", f, &format!("{tag}.new.embedding"), &q.embedding_tensor(&Device::Cpu).unwrap(), &t("new.embedding"));
+        check(
+            &tol,
+            "ema",
+            f,
+            &format!("{tag}.new.embedding"),
+            &q.embedding_tensor(&Device::Cpu).unwrap(),
+            &t("new.embedding"),
+        );
     }
 }

@@ -90,5 +90,13 @@ pub fn assert_exact(what: &str, got: &Tensor, want: &Tensor) {
     let w: Vec<i64> = want.to_dtype(DType::I64).unwrap().flatten_all().unwrap().to_vec1().unwrap();
     assert_eq!(g.len(), w.len(), "{what}: length");
     let bad: Vec<usize> = (0..g.len()).filter(|&i| g[i] != w[i]).collect();
-    assert!(bad.is_empty(), "{what}: {} of {} differ, first at {} (got {}, want {})", bad.len(), g.len(), bad[0], g[bad[0]], w[bad[0]]);
+    assert!(
+        bad.is_empty(),
+        "{what}: {} of {} differ, first at {} (got {}, want {})",
+        bad.len(),
+        g.len(),
+        bad[0],
+        g[bad[0]],
+        w[bad[0]]
+    );
 }

@@ -191,7 +191,8 @@ fn run_baseline(a: &BenchArgs, names: &[&str]) -> Result<BTreeMap<String, Vec<f6
     for line in String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.starts_with('{')) {
         let v: serde_json::Value = serde_json::from_str(line).context("baseline printed bad JSON")?;
         let name = v["name"].as_str().unwrap_or_default().to_string();
-        let ms: Vec<f64> = v["ms"].as_array().map(|a| a.iter().filter_map(|x| x.as_f64()).collect()).unwrap_or_default();
+        let ms: Vec<f64> =
+            v["ms"].as_array().map(|a| a.iter().filter_map(|x| x.as_f64()).collect()).unwrap_or_default();
         if !ms.is_empty() {
             res.insert(name, ms);
         }
@@ -208,7 +209,12 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         None => ITEMS.iter().collect(),
         Some(list) => list
             .split(',')
-            .map(|n| ITEMS.iter().find(|(name, _)| *name == n.trim()).with_context(|| format!("--only: unknown item '{n}' (see --list)")))
+            .map(|n| {
+                ITEMS
+                    .iter()
+                    .find(|(name, _)| *name == n.trim())
+                    .with_context(|| format!("--only: unknown item '{n}' (see --list)"))
+            })
             .collect::<Result<_>>()?,
     };
     if a.threads == 0 || a.reps == 0 {

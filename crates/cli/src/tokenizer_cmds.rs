@@ -195,9 +195,7 @@ pub fn encode(a: EncodeArgs) -> Result<()> {
 pub fn decode(a: DecodeArgs) -> Result<()> {
     let (model, dev, _) = a.model.open()?;
     let file = io::load_safetensors(&a.tokens, &Device::Cpu)?;
-    let tokens = file
-        .get("tokens")
-        .with_context(|| format!("{}: no tensor named 'tokens'", a.tokens.display()))?;
+    let tokens = file.get("tokens").with_context(|| format!("{}: no tensor named 'tokens'", a.tokens.display()))?;
     if tokens.rank() != 2 {
         bail!("{}: 'tokens' has shape {:?}, expected [N, h·w]", a.tokens.display(), tokens.dims());
     }
@@ -208,10 +206,7 @@ pub fn decode(a: DecodeArgs) -> Result<()> {
     let ids: Vec<i64> = tokens.flatten_all()?.to_vec1()?;
     let vocab = model.quantizer.codebook_size()?;
     if let Some((i, &bad)) = ids.iter().enumerate().find(|(_, &v)| v < 0 || v as usize >= vocab) {
-        bail!(
-            "{}: token {bad} at position {i} is out of range for a codebook of {vocab} entries",
-            a.tokens.display()
-        );
+        bail!("{}: token {bad} at position {i} is out of range for a codebook of {vocab} entries", a.tokens.display());
     }
     let grid = io::safetensors_metadata(&a.tokens)?.get("grid").and_then(|g| {
         let (h, w) = g.split_once(',')?;

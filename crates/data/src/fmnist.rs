@@ -22,7 +22,10 @@ pub struct FashionMnist {
 
 fn read_maybe_gz(path: &Path) -> Result<Vec<u8>> {
     let raw = std::fs::read(path).map_err(|e| {
-        Error::io(path, std::io::Error::new(e.kind(), format!("{e} (install it with `apt-get install dataset-fashion-mnist`)")))
+        Error::io(
+            path,
+            std::io::Error::new(e.kind(), format!("{e} (install it with `apt-get install dataset-fashion-mnist`)")),
+        )
     })?;
     if raw.starts_with(&[0x1f, 0x8b]) {
         let mut out = Vec::new();

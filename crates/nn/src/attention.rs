@@ -56,7 +56,11 @@ mod tests {
     fn inference_path_equals_batched_reference() {
         let mut r = Rng::new(9);
         let dev = Device::Cpu;
-        let (q, k, v) = (r.randn((3, 10, 8), 1.0, &dev).unwrap(), r.randn((3, 12, 8), 1.0, &dev).unwrap(), r.randn((3, 12, 8), 1.0, &dev).unwrap());
+        let (q, k, v) = (
+            r.randn((3, 10, 8), 1.0, &dev).unwrap(),
+            r.randn((3, 12, 8), 1.0, &dev).unwrap(),
+            r.randn((3, 12, 8), 1.0, &dev).unwrap(),
+        );
         let got = attend(&q, &k, &v, 0.35).unwrap();
         let want = reference(&q, &k, &v, 0.35);
         let d = (got - want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
@@ -67,12 +71,23 @@ mod tests {
     fn multi_head_equals_per_head_reference() {
         let mut r = Rng::new(10);
         let dev = Device::Cpu;
-        let (q, k, v) = (r.randn((2, 6, 12), 1.0, &dev).unwrap(), r.randn((2, 6, 12), 1.0, &dev).unwrap(), r.randn((2, 6, 12), 1.0, &dev).unwrap());
+        let (q, k, v) = (
+            r.randn((2, 6, 12), 1.0, &dev).unwrap(),
+            r.randn((2, 6, 12), 1.0, &dev).unwrap(),
+            r.randn((2, 6, 12), 1.0, &dev).unwrap(),
+        );
         let got = attend_heads(&q, &k, &v, 3, 0.5).unwrap();
         for h in 0..3 {
             let s = |x: &Tensor| x.narrow(2, 4 * h, 4).unwrap().contiguous().unwrap();
             let want = reference(&s(&q), &s(&k), &s(&v), 0.5);
-            let d = (got.narrow(2, 4 * h, 4).unwrap() - want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            let d = (got.narrow(2, 4 * h, 4).unwrap() - want)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
             assert!(d < 1e-5, "head {h}: {d}");
         }
     }

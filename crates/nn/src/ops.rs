@@ -12,9 +12,7 @@ pub fn swish(x: &Tensor) -> Result<Tensor> {
 /// consumer (it assigns instead of accumulating).
 pub fn upsample_nearest2x(x: &Tensor) -> Result<Tensor> {
     let (b, c, h, w) = x.dims4()?;
-    x.reshape((b, c, h, 1, w, 1))?
-        .broadcast_as((b, c, h, 2, w, 2))?
-        .reshape((b, c, 2 * h, 2 * w))
+    x.reshape((b, c, h, 1, w, 1))?.broadcast_as((b, c, h, 2, w, 2))?.reshape((b, c, 2 * h, 2 * w))
 }
 
 /// `mean(|a − b|)` as a scalar tensor.

@@ -36,11 +36,7 @@ impl Weights {
 
     /// A VarBuilder over these weights; the Weights keep track of what was read.
     pub fn var_builder(&self, dtype: DType, dev: &Device) -> VarBuilder<'static> {
-        let backend = Backend {
-            source: self.source.clone(),
-            tensors: self.tensors.clone(),
-            used: self.used.clone(),
-        };
+        let backend = Backend { source: self.source.clone(), tensors: self.tensors.clone(), used: self.used.clone() };
         VarBuilder::from_backend(Box::new(backend), dtype, dev.clone())
     }
 }
@@ -57,12 +53,7 @@ impl candle_nn::var_builder::SimpleBackend for Backend {
             candle_core::Error::Msg(format!("{}: missing key '{name}' (expected {:?})", self.source, s.dims()))
         })?;
         if t.shape() != &s {
-            candle_core::bail!(
-                "{}: tensor '{name}' has shape {:?}, expected {:?}",
-                self.source,
-                t.dims(),
-                s.dims()
-            );
+            candle_core::bail!("{}: tensor '{name}' has shape {:?}, expected {:?}", self.source, t.dims(), s.dims());
         }
         Ok(t)
     }

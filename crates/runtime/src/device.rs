@@ -26,9 +26,7 @@ impl FromStr for DeviceSpec {
             "cuda" => Ok(DeviceSpec::Cuda(0)),
             _ => match s.strip_prefix("cuda:").map(str::parse::<usize>) {
                 Some(Ok(i)) => Ok(DeviceSpec::Cuda(i)),
-                _ => Err(Error::Invalid(format!(
-                    "--device '{s}': expected auto, cpu, cuda or cuda:<index>"
-                ))),
+                _ => Err(Error::Invalid(format!("--device '{s}': expected auto, cpu, cuda or cuda:<index>"))),
             },
         }
     }

@@ -39,9 +39,8 @@ pub enum SourceMode {
 /// Reads an image file and converts it to 8-bit RGB like PIL's `convert("RGB")`.
 pub fn load_rgb(path: &Path) -> Result<(RgbImage, SourceMode)> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let img = image::load_from_memory(&bytes).map_err(|e| {
-        Error::format(path, format!("not a readable image (PNG or JPEG expected): {e}"))
-    })?;
+    let img = image::load_from_memory(&bytes)
+        .map_err(|e| Error::format(path, format!("not a readable image (PNG or JPEG expected): {e}")))?;
     let mode = match img {
         image::DynamicImage::ImageRgb8(_) => SourceMode::Rgb,
         _ => SourceMode::Converted,
@@ -155,8 +154,10 @@ fn area_halve(img: &RgbImage) -> RgbImage {
     for y in 0..h {
         for x in 0..w {
             for c in 0..3 {
-                let s = img.px(2 * y, 2 * x, c) as u32 + img.px(2 * y, 2 * x + 1, c) as u32
-                    + img.px(2 * y + 1, 2 * x, c) as u32 + img.px(2 * y + 1, 2 * x + 1, c) as u32;
+                let s = img.px(2 * y, 2 * x, c) as u32
+                    + img.px(2 * y, 2 * x + 1, c) as u32
+                    + img.px(2 * y + 1, 2 * x, c) as u32
+                    + img.px(2 * y + 1, 2 * x + 1, c) as u32;
                 data.push(((s + 2) >> 2) as u8);
             }
         }

@@ -65,7 +65,13 @@ impl Rng {
         Tensor::from_vec(v, shape, dev)
     }
 
-    pub fn rand_uniform(&mut self, shape: impl Into<Shape>, lo: f64, hi: f64, dev: &Device) -> candle_core::Result<Tensor> {
+    pub fn rand_uniform(
+        &mut self,
+        shape: impl Into<Shape>,
+        lo: f64,
+        hi: f64,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
         let shape = shape.into();
         let v: Vec<f32> = (0..shape.elem_count()).map(|_| (lo + (hi - lo) * self.uniform()) as f32).collect();
         Tensor::from_vec(v, shape, dev)

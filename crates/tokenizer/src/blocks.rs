@@ -26,7 +26,11 @@ impl ResnetBlock {
             conv1: Conv2d::new(vb.pp("conv1"), cin, cout, 3, 1, 1)?,
             norm2: normalize(vb.pp("norm2"), cout)?,
             conv2: Conv2d::new(vb.pp("conv2"), cout, cout, 3, 1, 1)?,
-            nin_shortcut: if cin != cout { Some(Conv2d::new(vb.pp("nin_shortcut"), cin, cout, 1, 1, 0)?) } else { None },
+            nin_shortcut: if cin != cout {
+                Some(Conv2d::new(vb.pp("nin_shortcut"), cin, cout, 1, 1, 0)?)
+            } else {
+                None
+            },
         })
     }
 }

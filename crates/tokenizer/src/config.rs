@@ -124,14 +124,16 @@ impl VqConfig {
         let get = |k: &str| shapes.get(k).ok_or_else(|| format!("missing key '{k}'"));
         let conv_in = get("encoder.conv_in.weight")?;
         let (ch, in_channels) = (conv_in[0], conv_in[1]);
-        let levels = (0..).take_while(|l| shapes.contains_key(&format!("encoder.down.{l}.block.0.conv1.weight"))).count();
+        let levels =
+            (0..).take_while(|l| shapes.contains_key(&format!("encoder.down.{l}.block.0.conv1.weight"))).count();
         if levels == 0 {
             return Err("missing key 'encoder.down.0.block.0.conv1.weight'".into());
         }
         let ch_mult = (0..levels)
             .map(|l| get(&format!("encoder.down.{l}.block.0.conv2.weight")).map(|s| s[0] / ch))
             .collect::<Result<Vec<_>, _>>()?;
-        let num_res_blocks = (0..).take_while(|i| shapes.contains_key(&format!("encoder.down.0.block.{i}.conv1.weight"))).count();
+        let num_res_blocks =
+            (0..).take_while(|i| shapes.contains_key(&format!("encoder.down.0.block.{i}.conv1.weight"))).count();
         let attn_resolutions = (0..levels)
             .filter(|l| shapes.contains_key(&format!("encoder.down.{l}.attn.0.q.weight")))
             .map(|l| resolution >> l)

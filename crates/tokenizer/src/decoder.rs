@@ -29,7 +29,8 @@ impl Decoder {
         let mut width = cfg.ch * cfg.ch_mult[last];
         let conv_in = Conv2d::new(vb.pp("conv_in"), cfg.z_channels, width, 3, 1, 1)?;
         let vbm = vb.pp("mid");
-        let mid = [ResnetBlock::new(vbm.pp("block_1"), width, width)?, ResnetBlock::new(vbm.pp("block_2"), width, width)?];
+        let mid =
+            [ResnetBlock::new(vbm.pp("block_1"), width, width)?, ResnetBlock::new(vbm.pp("block_2"), width, width)?];
         let mid_attn = AttnBlock::new(vbm.pp("attn_1"), width)?;
         let mut up: Vec<Option<Level>> = (0..=last).map(|_| None).collect();
         for l in (0..=last).rev() {

@@ -47,7 +47,10 @@ impl Encoder {
         Ok(Encoder {
             conv_in,
             down,
-            mid: [ResnetBlock::new(vbm.pp("block_1"), width, width)?, ResnetBlock::new(vbm.pp("block_2"), width, width)?],
+            mid: [
+                ResnetBlock::new(vbm.pp("block_1"), width, width)?,
+                ResnetBlock::new(vbm.pp("block_2"), width, width)?,
+            ],
             mid_attn: AttnBlock::new(vbm.pp("attn_1"), width)?,
             norm_out: normalize(vb.pp("norm_out"), width)?,
             conv_out: Conv2d::new(vb.pp("conv_out"), width, cfg.z_channels, 3, 1, 1)?,

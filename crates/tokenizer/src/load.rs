@@ -97,7 +97,11 @@ pub fn read_weights(path: &Path, codebook: Option<&Path>, resolution: Option<usi
             if want != d {
                 return Err(Error::format(
                     cb_path,
-                    format!("codebook has dim {d} (shape {:?}) but the projector of {} expects dim {want}", cb.dims(), source.display()),
+                    format!(
+                        "codebook has dim {d} (shape {:?}) but the projector of {} expects dim {want}",
+                        cb.dims(),
+                        source.display()
+                    ),
                 ));
             }
         }
@@ -117,7 +121,8 @@ pub fn read_weights(path: &Path, codebook: Option<&Path>, resolution: Option<usi
             c
         }
         None => {
-            let shapes: HashMap<String, Vec<usize>> = tensors.iter().map(|(k, t)| (k.clone(), t.dims().to_vec())).collect();
+            let shapes: HashMap<String, Vec<usize>> =
+                tensors.iter().map(|(k, t)| (k.clone(), t.dims().to_vec())).collect();
             let mut shapes = shapes;
             if !shapes.contains_key("tok_embeddings.weight") {
                 if let Some(p) = shapes.get(PROJECTED_KEY).cloned() {
@@ -181,7 +186,8 @@ pub fn write_model_dir(w: &TokenizerWeights, out: &Path, keep_codebook: bool, no
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     let meta = HashMap::from([("format".to_string(), "gen-tokenizer".to_string())]);
     io::save_safetensors(&out.join("model.safetensors"), &out_tensors, Some(meta))?;
-    let cfg = TokenizerDirConfig { kind: "tokenizer".into(), format_version: FORMAT_VERSION, tokenizer: w.config.clone() };
+    let cfg =
+        TokenizerDirConfig { kind: "tokenizer".into(), format_version: FORMAT_VERSION, tokenizer: w.config.clone() };
     let text = toml::to_string(&cfg).map_err(|e| Error::Invalid(format!("cannot write config.toml: {e}")))?;
     io::write_atomic(&out.join("config.toml"), text.as_bytes())?;
     let c = &w.config;

@@ -127,7 +127,9 @@ fn forward<T: Real>(g: &Geom, x: &[T], w: &[T], b: &[T]) -> Vec<T> {
         for p0 in (0..p).step_by(tile) {
             let len = tile.min(p - p0);
             im2col(g, xi, p0, len, &mut col);
-            unsafe { gemm(g.cout, len, k, yi[p0..].as_mut_ptr(), p, 1, true, Mat::row_major(w, k), Mat::row_major(&col, len)) };
+            unsafe {
+                gemm(g.cout, len, k, yi[p0..].as_mut_ptr(), p, 1, true, Mat::row_major(w, k), Mat::row_major(&col, len))
+            };
         }
     }
     y
@@ -215,13 +217,28 @@ impl CustomOp3 for Conv2dOp {
         "gen-conv2d"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let g = Geom::new(l1.dims(), l2.dims(), self.stride, self.pad)?;
         let out = dispatch!(self.name(), (s1, l1), (s2, l2), (s3, l3) => |x, w, b| forward(&g, x, w, b));
         Ok((out, g.out_shape()))
     }
 
-    fn bwd(&self, x: &Tensor, w: &Tensor, _b: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        _y: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let g = Geom::new(x.dims(), w.dims(), self.stride, self.pad)?;
         let dy = dy.contiguous()?;
         let dx = w.apply_op2_no_bwd(&dy, &Conv2dBwdInput(g))?;
@@ -260,7 +277,13 @@ impl CustomOp2 for Conv2dBwdWeight {
 }
 
 /// Fused path for CPU f32/f64; `None` when the reference composition must be used instead.
-pub fn try_fused(x: &Tensor, w: &Tensor, b: Option<&Tensor>, stride: usize, pad: (usize, usize)) -> Result<Option<Tensor>> {
+pub fn try_fused(
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    stride: usize,
+    pad: (usize, usize),
+) -> Result<Option<Tensor>> {
     if !x.device().is_cpu() || !matches!(x.dtype(), DType::F32 | DType::F64) {
         return Ok(None);
     }

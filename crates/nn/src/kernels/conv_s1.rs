@@ -68,27 +68,28 @@ pub fn forward<T: Real>(g: &Geom, x: &[T], w: &[T], b: &[T]) -> Vec<T> {
     let wt = taps(g, w);
     let pitch = ho * pd.wp;
     let mut y = vec![T::default(); g.n * g.cout * ho * wo];
-    let mut xpad = vec![T::default(); g.cin * pd.plane()];
-    let mut full = vec![T::default(); g.cout * pitch];
-    for i in 0..g.n {
-        pad_image(g, &pd, &x[i * g.cin * g.h * g.w..(i + 1) * g.cin * g.h * g.w], &mut xpad);
-        full.par_chunks_mut(pitch).zip(b.par_iter()).for_each(|(row, &bv)| row.fill(bv));
-        for ki in 0..g.kh {
-            for kj in 0..g.kw {
-                let t = ki * g.kw + kj;
-                let lhs = Mat::row_major(&wt[t * g.cout * g.cin..(t + 1) * g.cout * g.cin], g.cin);
-                let rhs = Mat { ptr: xpad[ki * pd.wp + kj..].as_ptr(), rs: pd.plane() as isize, cs: 1 };
-                // SAFETY: rhs reads xpad[ci·plane + t_off + p] for p < n_valid, inside the padded planes
-                unsafe { gemm(g.cout, n_valid(g, &pd), g.cin, full.as_mut_ptr(), pitch, 1, true, lhs, rhs) };
+    T::with_scratch(g.cin * pd.plane() + g.cout * pitch, |buf| {
+        let (xpad, full) = buf.split_at_mut(g.cin * pd.plane());
+        for i in 0..g.n {
+            pad_image(g, &pd, &x[i * g.cin * g.h * g.w..(i + 1) * g.cin * g.h * g.w], xpad);
+            full.par_chunks_mut(pitch).zip(b.par_iter()).for_each(|(row, &bv)| row.fill(bv));
+            for ki in 0..g.kh {
+                for kj in 0..g.kw {
+                    let t = ki * g.kw + kj;
+                    let lhs = Mat::row_major(&wt[t * g.cout * g.cin..(t + 1) * g.cout * g.cin], g.cin);
+                    let rhs = Mat { ptr: xpad[ki * pd.wp + kj..].as_ptr(), rs: pd.plane() as isize, cs: 1 };
+                    // SAFETY: rhs reads xpad[ci·plane + t_off + p] for p < n_valid, inside the padded planes
+                    unsafe { gemm(g.cout, n_valid(g, &pd), g.cin, full.as_mut_ptr(), pitch, 1, true, lhs, rhs) };
+                }
             }
+            let yi = &mut y[i * g.cout * ho * wo..(i + 1) * g.cout * ho * wo];
+            yi.par_chunks_mut(ho * wo).zip(full.par_chunks(pitch)).for_each(|(dst, src)| {
+                for oy in 0..ho {
+                    dst[oy * wo..(oy + 1) * wo].copy_from_slice(&src[oy * pd.wp..oy * pd.wp + wo]);
+                }
+            });
         }
-        let yi = &mut y[i * g.cout * ho * wo..(i + 1) * g.cout * ho * wo];
-        yi.par_chunks_mut(ho * wo).zip(full.par_chunks(pitch)).for_each(|(dst, src)| {
-            for oy in 0..ho {
-                dst[oy * wo..(oy + 1) * wo].copy_from_slice(&src[oy * pd.wp..oy * pd.wp + wo]);
-            }
-        });
-    }
+    });
     y
 }
 
@@ -124,31 +125,34 @@ pub fn backward_weight<T: Real>(g: &Geom, x: &[T], dy: &[T], dw: &mut [T]) {
     let pd = Padded::of(g);
     let (ho, wo, kk, k) = (g.ho(), g.wo(), g.kh * g.kw, g.cin * g.kh * g.kw);
     let pitch = ho * pd.wp;
-    let mut xpad = vec![T::default(); g.cin * pd.plane()];
-    let mut dyfull = vec![T::default(); g.cout * pitch]; // dY on the padded pitch, zeros past Wo
-    let mut tap = vec![T::default(); g.cout * g.cin];
-    for i in 0..g.n {
-        pad_image(g, &pd, &x[i * g.cin * g.h * g.w..(i + 1) * g.cin * g.h * g.w], &mut xpad);
-        let dyi = &dy[i * g.cout * ho * wo..(i + 1) * g.cout * ho * wo];
-        dyfull.par_chunks_mut(pitch).zip(dyi.par_chunks(ho * wo)).for_each(|(dst, src)| {
-            for oy in 0..ho {
-                dst[oy * pd.wp..oy * pd.wp + wo].copy_from_slice(&src[oy * wo..(oy + 1) * wo]);
-            }
-        });
-        for ki in 0..g.kh {
-            for kj in 0..g.kw {
-                let lhs = Mat { ptr: dyfull.as_ptr(), rs: pitch as isize, cs: 1 };
-                let rhs = Mat { ptr: xpad[ki * pd.wp + kj..].as_ptr(), rs: 1, cs: pd.plane() as isize };
-                // SAFETY: as in `forward`; `tap` is a dense [cout, cin] buffer
-                unsafe { gemm(g.cout, g.cin, n_valid(g, &pd), tap.as_mut_ptr(), g.cin, 1, false, lhs, rhs) };
-                let t = ki * g.kw + kj;
-                for co in 0..g.cout {
-                    for ci in 0..g.cin {
-                        let d = &mut dw[co * k + ci * kk + t];
-                        *d = *d + tap[co * g.cin + ci];
+    let (nx, ndy) = (g.cin * pd.plane(), g.cout * pitch);
+    T::with_scratch(nx + ndy + g.cout * g.cin, |buf| {
+        let (xpad, rest) = buf.split_at_mut(nx);
+        let (dyfull, tap) = rest.split_at_mut(ndy); // dY on the padded pitch, zeros past Wo; one tap's dW
+        for i in 0..g.n {
+            pad_image(g, &pd, &x[i * g.cin * g.h * g.w..(i + 1) * g.cin * g.h * g.w], xpad);
+            let dyi = &dy[i * g.cout * ho * wo..(i + 1) * g.cout * ho * wo];
+            dyfull.par_chunks_mut(pitch).zip(dyi.par_chunks(ho * wo)).for_each(|(dst, src)| {
+                dst.fill(T::default());
+                for oy in 0..ho {
+                    dst[oy * pd.wp..oy * pd.wp + wo].copy_from_slice(&src[oy * wo..(oy + 1) * wo]);
+                }
+            });
+            for ki in 0..g.kh {
+                for kj in 0..g.kw {
+                    let lhs = Mat { ptr: dyfull.as_ptr(), rs: pitch as isize, cs: 1 };
+                    let rhs = Mat { ptr: xpad[ki * pd.wp + kj..].as_ptr(), rs: 1, cs: pd.plane() as isize };
+                    // SAFETY: as in `forward`; `tap` is a dense [cout, cin] buffer
+                    unsafe { gemm(g.cout, g.cin, n_valid(g, &pd), tap.as_mut_ptr(), g.cin, 1, false, lhs, rhs) };
+                    let t = ki * g.kw + kj;
+                    for co in 0..g.cout {
+                        for ci in 0..g.cin {
+                            let d = &mut dw[co * k + ci * kk + t];
+                            *d = *d + tap[co * g.cin + ci];
+                        }
                     }
                 }
             }
         }
-    }
+    });
 }

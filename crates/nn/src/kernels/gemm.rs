@@ -113,27 +113,63 @@ mod cblas {
     #[link(name = "openblas")]
     extern "C" {
         pub fn cblas_sgemm(
-            layout: i32, ta: i32, tb: i32, m: i32, n: i32, k: i32, alpha: f32, a: *const f32, lda: i32,
-            b: *const f32, ldb: i32, beta: f32, c: *mut f32, ldc: i32,
+            layout: i32,
+            ta: i32,
+            tb: i32,
+            m: i32,
+            n: i32,
+            k: i32,
+            alpha: f32,
+            a: *const f32,
+            lda: i32,
+            b: *const f32,
+            ldb: i32,
+            beta: f32,
+            c: *mut f32,
+            ldc: i32,
         );
         pub fn cblas_dgemm(
-            layout: i32, ta: i32, tb: i32, m: i32, n: i32, k: i32, alpha: f64, a: *const f64, lda: i32,
-            b: *const f64, ldb: i32, beta: f64, c: *mut f64, ldc: i32,
+            layout: i32,
+            ta: i32,
+            tb: i32,
+            m: i32,
+            n: i32,
+            k: i32,
+            alpha: f64,
+            a: *const f64,
+            lda: i32,
+            b: *const f64,
+            ldb: i32,
+            beta: f64,
+            c: *mut f64,
+            ldc: i32,
         );
         fn openblas_set_num_threads(n: i32);
     }
 
-    /// OpenBLAS unless `GEN_GEMM=rust`; its thread count follows rayon's (so `--threads` holds).
+    /// OpenBLAS unless `GEN_GEMM=rust`. OpenBLAS itself runs single-threaded: we split each product
+    /// over the rayon threads instead, so its own pool does not spin (`sched_yield`) against rayon's.
     fn enabled() -> bool {
         *ENABLED.get_or_init(|| {
             let on = std::env::var("GEN_GEMM").map_or(true, |v| v != "rust");
             if on {
                 // SAFETY: plain setter of the library's thread count
-                unsafe { openblas_set_num_threads(rayon::current_num_threads() as i32) };
+                unsafe { openblas_set_num_threads(1) };
             }
             on
         })
     }
+
+    /// A raw pointer that may cross to a rayon worker (each worker writes a disjoint block).
+    struct Ptr<T>(*mut T);
+    impl<T> Clone for Ptr<T> {
+        fn clone(&self) -> Self {
+            *self
+        }
+    }
+    impl<T> Copy for Ptr<T> {}
+    unsafe impl<T> Send for Ptr<T> {}
+    unsafe impl<T> Sync for Ptr<T> {}
     static ENABLED: OnceLock<bool> = OnceLock::new();
 
     /// (transpose flag, leading dimension) of a view with `cols` columns, if BLAS can read it.
@@ -150,24 +186,56 @@ mod cblas {
     /// Runs the product through OpenBLAS when the operands allow it; false leaves it to the caller.
     #[allow(clippy::too_many_arguments)]
     pub unsafe fn try_gemm<T: 'static>(
-        m: usize, n: usize, k: usize, dst: *mut T, dst_rs: usize, dst_cs: usize, accumulate: bool,
-        lhs: Mat<T>, rhs: Mat<T>,
+        m: usize,
+        n: usize,
+        k: usize,
+        dst: *mut T,
+        dst_rs: usize,
+        dst_cs: usize,
+        accumulate: bool,
+        lhs: Mat<T>,
+        rhs: Mat<T>,
     ) -> bool {
         if dst_cs != 1 || dst_rs < n.max(1) || k == 0 || !enabled() {
             return false;
         }
-        let (Some((ta, lda)), Some((tb, ldb))) = (layout(&lhs, m, k), layout(&rhs, k, n)) else { return false };
-        let beta = if accumulate { 1.0 } else { 0.0 };
-        let (m, n, k, ldc) = (m as i32, n as i32, k as i32, dst_rs as i32);
-        if TypeId::of::<T>() == TypeId::of::<f32>() {
-            cblas_sgemm(ROW_MAJOR, ta, tb, m, n, k, 1.0, lhs.ptr as _, lda, rhs.ptr as _, ldb, beta as f32, dst as _, ldc);
-            true
-        } else if TypeId::of::<T>() == TypeId::of::<f64>() {
-            cblas_dgemm(ROW_MAJOR, ta, tb, m, n, k, 1.0, lhs.ptr as _, lda, rhs.ptr as _, ldb, beta, dst as _, ldc);
-            true
-        } else {
-            false
+        let (Some((ta, lda)), Some((tb, ldb))) = (layout(&lhs, m, k), layout(&rhs, k, n)) else {
+            return false;
+        };
+        let is_f32 = TypeId::of::<T>() == TypeId::of::<f32>();
+        if !is_f32 && TypeId::of::<T>() != TypeId::of::<f64>() {
+            return false;
         }
+        let beta = if accumulate { 1.0 } else { 0.0 };
+        let ldc = dst_rs as i32;
+        // one call per block of rows (or of columns, whichever is longer), one block per thread
+        let parts = if m * n * k < 1 << 20 { 1 } else { rayon::current_num_threads().max(1) };
+        let split_n = n >= m;
+        let len = if split_n { n } else { m };
+        let step = len.div_ceil(parts).max(1);
+        let (a, b, c) = (Ptr(lhs.ptr as *mut T), Ptr(rhs.ptr as *mut T), Ptr(dst));
+        let run = |start: usize| {
+            let size = step.min(len - start);
+            let (a, b, c) = (a, b, c);
+            let (mi, ni, ai, bi, ci) = if split_n {
+                (m, size, a.0, b.0.offset(start as isize * rhs.cs), c.0.add(start))
+            } else {
+                (size, n, a.0.offset(start as isize * lhs.rs), b.0, c.0.add(start * dst_rs))
+            };
+            let (mi, ni, ki) = (mi as i32, ni as i32, k as i32);
+            if is_f32 {
+                cblas_sgemm(ROW_MAJOR, ta, tb, mi, ni, ki, 1.0, ai as _, lda, bi as _, ldb, beta as f32, ci as _, ldc);
+            } else {
+                cblas_dgemm(ROW_MAJOR, ta, tb, mi, ni, ki, 1.0, ai as _, lda, bi as _, ldb, beta, ci as _, ldc);
+            }
+        };
+        if parts == 1 {
+            run(0);
+        } else {
+            use rayon::prelude::*;
+            (0..len).step_by(step).collect::<Vec<_>>().into_par_iter().for_each(run);
+        }
+        true
     }
 }
 
@@ -177,7 +245,22 @@ pub fn sgemm_openblas(m: usize, n: usize, k: usize, a: &[f32], b: &[f32], c: &mu
     assert!(a.len() >= m * k && b.len() >= k * n && c.len() >= m * n);
     // SAFETY: the slices cover the dense row-major matrices the call reads and writes
     unsafe {
-        cblas::cblas_sgemm(101, 111, 111, m as i32, n as i32, k as i32, 1.0, a.as_ptr(), k as i32, b.as_ptr(), n as i32, 0.0, c.as_mut_ptr(), n as i32)
+        cblas::cblas_sgemm(
+            101,
+            111,
+            111,
+            m as i32,
+            n as i32,
+            k as i32,
+            1.0,
+            a.as_ptr(),
+            k as i32,
+            b.as_ptr(),
+            n as i32,
+            0.0,
+            c.as_mut_ptr(),
+            n as i32,
+        )
     }
 }
 

@@ -86,7 +86,14 @@ impl CustomOp3 for GroupNormOp {
         Ok((out, l1.shape().clone()))
     }
 
-    fn bwd(&self, x: &Tensor, w: &Tensor, b: &Tensor, _res: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let c = w.dim(0)?;
         let n = x.elem_count();
         let wb = Tensor::stack(&[w, b], 0)?;
@@ -141,8 +148,10 @@ impl GroupNormBwd {
                 }
                 // pass 2: dx = rstd·(γ·du − mean_g(γ·du) − x̂·mean_g(γ·du·x̂)), linear in (du, x)
                 let inv_len = 1.0 / len as f64;
-                let mg: f64 = per_channel.iter().enumerate().map(|(j, p)| w[g * cpg + j].to_f64() * p.1).sum::<f64>() * inv_len;
-                let mgx: f64 = per_channel.iter().enumerate().map(|(j, p)| w[g * cpg + j].to_f64() * p.0).sum::<f64>() * inv_len;
+                let mg: f64 =
+                    per_channel.iter().enumerate().map(|(j, p)| w[g * cpg + j].to_f64() * p.1).sum::<f64>() * inv_len;
+                let mgx: f64 =
+                    per_channel.iter().enumerate().map(|(j, p)| w[g * cpg + j].to_f64() * p.0).sum::<f64>() * inv_len;
                 let (rs, m) = (rstd.to_f64(), mean.to_f64());
                 let bx = T::from_f64(-rs * rs * mgx);
                 let cst = T::from_f64(-rs * mg + m * rs * rs * mgx);
@@ -241,19 +250,22 @@ mod tests {
             let (x, w, b) = inputs(&mut rng, &shape, DType::F32);
             let dy = rng.randn(&shape[..], 1.0, &Device::Cpu).unwrap();
             let run = |fused: bool| {
-                let (xv, wv, bv) = (Var::from_tensor(&x).unwrap(), Var::from_tensor(&w).unwrap(), Var::from_tensor(&b).unwrap());
+                let (xv, wv, bv) =
+                    (Var::from_tensor(&x).unwrap(), Var::from_tensor(&w).unwrap(), Var::from_tensor(&b).unwrap());
                 let y = if fused {
                     try_fused(xv.as_tensor(), wv.as_tensor(), bv.as_tensor(), 32, 1e-6, silu).unwrap().unwrap()
                 } else {
                     reference::group_norm(xv.as_tensor(), wv.as_tensor(), bv.as_tensor(), 32, 1e-6, silu).unwrap()
                 };
                 let g = (&y * &dy).unwrap().sum_all().unwrap().backward().unwrap();
-                let grads: Vec<Tensor> = [&xv, &wv, &bv].iter().map(|v| g.get(v.as_tensor()).unwrap().clone()).collect();
+                let grads: Vec<Tensor> =
+                    [&xv, &wv, &bv].iter().map(|v| g.get(v.as_tensor()).unwrap().clone()).collect();
                 (y, grads)
             };
             let (y1, g1) = run(true);
             let (y0, g0) = run(false);
-            let maxdiff = |a: &Tensor, b: &Tensor| (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            let maxdiff =
+                |a: &Tensor, b: &Tensor| (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
             let maxabs = |a: &Tensor| a.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
             assert!(maxdiff(&y1, &y0) < 1e-5, "forward {shape:?}");
             for (i, (a, b)) in g1.iter().zip(&g0).enumerate() {

@@ -4,7 +4,9 @@ use std::ops::{Add, Mul, Sub};
 
 use super::simd;
 
-pub trait Real: Copy + Send + Sync + Default + Add<Output = Self> + Sub<Output = Self> + Mul<Output = Self> + 'static {
+pub trait Real:
+    Copy + Send + Sync + Default + Add<Output = Self> + Sub<Output = Self> + Mul<Output = Self> + 'static
+{
     fn from_f64(v: f64) -> Self;
     fn to_f64(self) -> f64;
     fn sum(xs: &[Self]) -> f64;
@@ -15,6 +17,30 @@ pub trait Real: Copy + Send + Sync + Default + Add<Output = Self> + Sub<Output =
     fn sigmoid(self) -> Self;
     /// e^x elementwise (the f32 path is the vectorised polynomial).
     fn exp_in_place(xs: &mut [Self]);
+    /// Runs `f` on a per-thread scratch buffer of `len` elements (contents unspecified), so kernels do
+    /// not fault fresh pages in for every temporary. Re-entrant calls get a fresh buffer.
+    fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [Self]) -> R) -> R;
+}
+
+thread_local! {
+    static SCRATCH_F32: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    static SCRATCH_F64: std::cell::RefCell<Vec<f64>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+fn scratch<T: Copy + Default, R>(
+    key: &'static std::thread::LocalKey<std::cell::RefCell<Vec<T>>>,
+    len: usize,
+    f: impl FnOnce(&mut [T]) -> R,
+) -> R {
+    key.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buf) => {
+            if buf.len() < len {
+                buf.resize(len, T::default());
+            }
+            f(&mut buf[..len])
+        }
+        Err(_) => f(&mut vec![T::default(); len]),
+    })
 }
 
 impl Real for f32 {
@@ -43,6 +69,9 @@ impl Real for f32 {
     fn exp_in_place(xs: &mut [Self]) {
         xs.iter_mut().for_each(|v| *v = simd::exp_f32(*v));
     }
+    fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [Self]) -> R) -> R {
+        scratch(&SCRATCH_F32, len, f)
+    }
 }
 
 impl Real for f64 {
@@ -70,5 +99,8 @@ impl Real for f64 {
     }
     fn exp_in_place(xs: &mut [Self]) {
         xs.iter_mut().for_each(|v| *v = v.exp());
+    }
+    fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [Self]) -> R) -> R {
+        scratch(&SCRATCH_F64, len, f)
     }
 }

@@ -8,7 +8,13 @@ pub fn conv2d(x: &Tensor, w: &Tensor, b: Option<&Tensor>, stride: usize, padding
 }
 
 /// Candle's conv2d pads symmetrically by one amount; other paddings are explicit zero pads first.
-pub fn conv2d_hw(x: &Tensor, w: &Tensor, b: Option<&Tensor>, stride: usize, (ph, pw): (usize, usize)) -> Result<Tensor> {
+pub fn conv2d_hw(
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    stride: usize,
+    (ph, pw): (usize, usize),
+) -> Result<Tensor> {
     let y = if ph == pw {
         x.conv2d(w, ph, stride, 1, 1)?
     } else {

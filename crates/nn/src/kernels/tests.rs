@@ -28,11 +28,16 @@ fn softmax_gradcheck_and_matches_candle() {
 #[test]
 fn layer_norm_gradcheck_and_matches_candle_slow_path() {
     let mut r = Rng::new(2);
-    let (x, w, b) = (randn(&mut r, &[2, 3, 6], DType::F64), randn(&mut r, &[6], DType::F64), randn(&mut r, &[6], DType::F64));
+    let (x, w, b) =
+        (randn(&mut r, &[2, 3, 6], DType::F64), randn(&mut r, &[6], DType::F64), randn(&mut r, &[6], DType::F64));
     let err = gradcheck(&|t| super::layer_norm(&t[0], &t[1], &t[2], 1e-5), &[x, w, b], 1e-6, 200).unwrap();
     assert!(err < 1e-6, "{err}");
-    let (x, w, b) = (randn(&mut r, &[4, 40], DType::F32), randn(&mut r, &[40], DType::F32), randn(&mut r, &[40], DType::F32));
-    let d = max_diff(&super::layer_norm(&x, &w, &b, 1e-5).unwrap(), &candle_nn::ops::layer_norm_slow(&x, &w, &b, 1e-5).unwrap());
+    let (x, w, b) =
+        (randn(&mut r, &[4, 40], DType::F32), randn(&mut r, &[40], DType::F32), randn(&mut r, &[40], DType::F32));
+    let d = max_diff(
+        &super::layer_norm(&x, &w, &b, 1e-5).unwrap(),
+        &candle_nn::ops::layer_norm_slow(&x, &w, &b, 1e-5).unwrap(),
+    );
     assert!(d < 1e-5, "{d}");
 }
 

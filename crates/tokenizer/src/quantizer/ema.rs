@@ -22,7 +22,15 @@ impl EmaQuantizer {
     pub fn new(embedding: &Tensor) -> Result<Self> {
         let (n, dim) = embedding.dims2()?;
         let e = embedding.flatten_all()?.to_vec1::<f32>()?;
-        Ok(EmaQuantizer { embed_avg: e.clone(), embedding: e, cluster_size: vec![0.0; n], n, dim, decay: 0.99, eps: 1e-5 })
+        Ok(EmaQuantizer {
+            embed_avg: e.clone(),
+            embedding: e,
+            cluster_size: vec![0.0; n],
+            n,
+            dim,
+            decay: 0.99,
+            eps: 1e-5,
+        })
     }
 
     pub fn embedding_tensor(&self, dev: &Device) -> Result<Tensor> {

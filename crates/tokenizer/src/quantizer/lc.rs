@@ -46,7 +46,8 @@ impl LcQuantizer {
         } else {
             None
         };
-        let has_projector = vb.contains_tensor("codebook_projection.weight") || vb.contains_tensor("codebook_projection.0.weight");
+        let has_projector =
+            vb.contains_tensor("codebook_projection.weight") || vb.contains_tensor("codebook_projection.0.weight");
         let projection = match cfg.projector {
             Projector::None => None,
             _ if stored.is_some() && !has_projector => None,
