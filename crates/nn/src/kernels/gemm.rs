@@ -147,29 +147,18 @@ mod cblas {
         fn openblas_set_num_threads(n: i32);
     }
 
-    /// OpenBLAS unless `GEN_GEMM=rust`. OpenBLAS itself runs single-threaded: we split each product
-    /// over the rayon threads instead, so its own pool does not spin (`sched_yield`) against rayon's.
+    /// OpenBLAS unless `GEN_GEMM=rust`; its own thread pool gets as many threads as rayon (so
+    /// `--threads` holds for both).
     fn enabled() -> bool {
         *ENABLED.get_or_init(|| {
             let on = std::env::var("GEN_GEMM").map_or(true, |v| v != "rust");
             if on {
                 // SAFETY: plain setter of the library's thread count
-                unsafe { openblas_set_num_threads(1) };
+                unsafe { openblas_set_num_threads(rayon::current_num_threads() as i32) };
             }
             on
         })
     }
-
-    /// A raw pointer that may cross to a rayon worker (each worker writes a disjoint block).
-    struct Ptr<T>(*mut T);
-    impl<T> Clone for Ptr<T> {
-        fn clone(&self) -> Self {
-            *self
-        }
-    }
-    impl<T> Copy for Ptr<T> {}
-    unsafe impl<T> Send for Ptr<T> {}
-    unsafe impl<T> Sync for Ptr<T> {}
     static ENABLED: OnceLock<bool> = OnceLock::new();
 
     /// (transpose flag, leading dimension) of a view with `cols` columns, if BLAS can read it.
@@ -202,38 +191,14 @@ mod cblas {
         let (Some((ta, lda)), Some((tb, ldb))) = (layout(&lhs, m, k), layout(&rhs, k, n)) else {
             return false;
         };
-        let is_f32 = TypeId::of::<T>() == TypeId::of::<f32>();
-        if !is_f32 && TypeId::of::<T>() != TypeId::of::<f64>() {
-            return false;
-        }
         let beta = if accumulate { 1.0 } else { 0.0 };
-        let ldc = dst_rs as i32;
-        // one call per block of rows (or of columns, whichever is longer), one block per thread
-        let parts = if m * n * k < 1 << 20 { 1 } else { rayon::current_num_threads().max(1) };
-        let split_n = n >= m;
-        let len = if split_n { n } else { m };
-        let step = len.div_ceil(parts).max(1);
-        let (a, b, c) = (Ptr(lhs.ptr as *mut T), Ptr(rhs.ptr as *mut T), Ptr(dst));
-        let run = |start: usize| {
-            let size = step.min(len - start);
-            let (a, b, c) = (a, b, c);
-            let (mi, ni, ai, bi, ci) = if split_n {
-                (m, size, a.0, b.0.offset(start as isize * rhs.cs), c.0.add(start))
-            } else {
-                (size, n, a.0.offset(start as isize * lhs.rs), b.0, c.0.add(start * dst_rs))
-            };
-            let (mi, ni, ki) = (mi as i32, ni as i32, k as i32);
-            if is_f32 {
-                cblas_sgemm(ROW_MAJOR, ta, tb, mi, ni, ki, 1.0, ai as _, lda, bi as _, ldb, beta as f32, ci as _, ldc);
-            } else {
-                cblas_dgemm(ROW_MAJOR, ta, tb, mi, ni, ki, 1.0, ai as _, lda, bi as _, ldb, beta, ci as _, ldc);
-            }
-        };
-        if parts == 1 {
-            run(0);
+        let (m, n, k, ldc) = (m as i32, n as i32, k as i32, dst_rs as i32);
+        if TypeId::of::<T>() == TypeId::of::<f32>() {
+            cblas_sgemm(ROW_MAJOR, ta, tb, m, n, k, 1.0, lhs.ptr as _, lda, rhs.ptr as _, ldb, beta as f32, dst as _, ldc);
+        } else if TypeId::of::<T>() == TypeId::of::<f64>() {
+            cblas_dgemm(ROW_MAJOR, ta, tb, m, n, k, 1.0, lhs.ptr as _, lda, rhs.ptr as _, ldb, beta, dst as _, ldc);
         } else {
-            use rayon::prelude::*;
-            (0..len).step_by(step).collect::<Vec<_>>().into_par_iter().for_each(run);
+            return false;
         }
         true
     }
