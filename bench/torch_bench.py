@@ -270,6 +270,19 @@ def train_step_setup():
 ITEMS["tok_train_step_b4"] = (train_step_setup, 3)
 
 
+# --- row ops on [4096, 256] (16 heads x 256 tokens of attention scores) -----------------------------
+def rows_item(name, fn):
+    def setup():
+        x, w, b = torch.randn(4096, 256), 1 + 0.1 * torch.randn(256), 0.1 * torch.randn(256)
+        return (lambda: fn(x, w, b)), None
+
+    ITEMS[name] = (setup, 5)
+
+
+rows_item("softmax_fwd", lambda x, w, b: F.softmax(x, dim=-1))
+rows_item("layernorm_fwd", lambda x, w, b: F.layer_norm(x, (256,), w, b, eps=1e-5))
+
+
 # --- GEMM shapes of a [8,128,64,64] conv (torch.mm on dense row-major matrices) ---------------------
 def sgemm_item(name, m, n, k):
     def setup():

@@ -57,6 +57,10 @@ const ITEMS: &[Item] = &[
     ("tok_roundtrip_b1", |c| tok_roundtrip(c, 1)),
     ("tok_roundtrip_b4", |c| tok_roundtrip(c, 4)),
     ("tok_train_step_b4", tok_train_step),
+    ("softmax_fwd", |_| rows(RowOp::Softmax)),
+    ("softmax_candle_nograd", |_| rows(RowOp::CandleSoftmax)),
+    ("layernorm_fwd", |_| rows(RowOp::LayerNorm)),
+    ("layernorm_candle_nograd", |_| rows(RowOp::CandleLayerNorm)),
     ("sgemm_conv_tap", |_| sgemm(128, 4222, 128, false)),
     ("sgemm_conv_wgrad", |_| sgemm(128, 128, 4222, false)),
     ("sgemm_im2col", |_| sgemm(128, 1024, 1152, false)),
@@ -67,6 +71,32 @@ const ITEMS: &[Item] = &[
     #[cfg(feature = "openblas")]
     ("sgemm_im2col_openblas", |_| sgemm(128, 1024, 1152, true)),
 ];
+
+#[derive(Clone, Copy)]
+enum RowOp {
+    Softmax,
+    CandleSoftmax,
+    LayerNorm,
+    CandleLayerNorm,
+}
+
+/// Row ops on [16·256, 256] (attention scores of 16 heads × 256 tokens): ours (with a gradient)
+/// against Candle's fused versions, which have none.
+fn rows(op: RowOp) -> Result<Box<dyn FnMut() -> Result<()>>> {
+    let mut rng = Rng::new(0);
+    let x = rand(&mut rng, &[4096, 256], 1.0)?;
+    let w = (rand(&mut rng, &[256], 0.1)? + 1.0)?;
+    let b = rand(&mut rng, &[256], 0.1)?;
+    Ok(Box::new(move || {
+        match op {
+            RowOp::Softmax => kernels::softmax_last_dim(&x)?,
+            RowOp::CandleSoftmax => candle_nn::ops::softmax_last_dim(&x)?,
+            RowOp::LayerNorm => kernels::layer_norm(&x, &w, &b, 1e-5)?,
+            RowOp::CandleLayerNorm => candle_nn::ops::layer_norm(&x, &w, &b, 1e-5)?,
+        };
+        Ok(())
+    }))
+}
 
 /// The GEMM shapes of a [8,128,64,64] conv: one kernel tap (stride-1 path), one tap's weight gradient,
 /// and a stride-2 im2col tile. `openblas` selects the system BLAS (feature `openblas`).
@@ -238,8 +268,8 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         ours.push((name, ms));
     }
     drop(ctx);
-    // the baseline times torch.mm for the plain sgemm items; the `_openblas` rows are ours
-    let names: Vec<&str> = ours.iter().map(|(n, _)| *n).filter(|n| !n.ends_with("_openblas")).collect();
+    // ask the baseline for the items it has (the `_openblas` and `_candle_nograd` rows are ours only)
+    let names: Vec<&str> = ours.iter().map(|(n, _)| *n).filter(|n| !n.ends_with("_openblas") && !n.ends_with("_nograd")).collect();
     let base = if a.no_baseline {
         BTreeMap::new()
     } else {
@@ -252,7 +282,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
     println!("|---|---|---|---|");
     for (name, ms) in &ours {
         let (gmin, gmed) = min_median(ms);
-        match base.get(name.trim_end_matches("_openblas")) {
+        match base.get(name.trim_end_matches("_openblas").replace("_candle_nograd", "_fwd").as_str()) {
             Some(t) => {
                 let (tmin, tmed) = min_median(t);
                 println!("| {name} | {gmin:.1} / {gmed:.1} | {tmin:.1} / {tmed:.1} | {:.2} |", tmin / gmin);
