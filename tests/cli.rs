@@ -107,6 +107,17 @@ fn reconstruct_converts_gray_and_rgba_inputs() {
 }
 
 #[test]
+fn reconstruct_writes_a_grid_of_inputs_over_reconstructions() {
+    let Some(g) = golden() else { return };
+    let out = tmp("grid");
+    let img = g.recon.join("input_rgb.png");
+    let o = gen(&["reconstruct", "--quiet", "--tokenizer", s(&g.ckpt), s(&img), s(&img), s(&img), "--out", s(&out), "--grid", s(&out.join("grid.png"))]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (grid, _) = gen_runtime::imageio::load_rgb(&out.join("grid.png")).unwrap();
+    assert_eq!((grid.width, grid.height), (3 * 64 + 4 * 2, 2 * 64 + 3 * 2)); // 3 columns, input row + output row
+}
+
+#[test]
 fn reconstruct_upscales_an_image_smaller_than_the_resolution() {
     let Some(g) = golden() else { return };
     let dir = tmp("small");

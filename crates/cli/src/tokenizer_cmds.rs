@@ -58,6 +58,9 @@ pub struct ReconstructArgs {
     /// Output folder for `<name>.png`.
     #[arg(long)]
     pub out: PathBuf,
+    /// Also write a grid PNG: the preprocessed inputs on the top row of each pair, reconstructions below.
+    #[arg(long)]
+    pub grid: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -139,16 +142,28 @@ pub fn reconstruct(a: ReconstructArgs) -> Result<()> {
     let images = load_images(&a.inputs, size, &dev, dtype, a.model.quiet)?;
     std::fs::create_dir_all(&a.out).with_context(|| format!("{}: cannot create folder", a.out.display()))?;
     let pb = progress::bar(images.len() as u64, "reconstruct", a.model.quiet);
+    let (mut shown, mut recons) = (Vec::new(), Vec::new());
     for (chunk, paths) in images.chunks(a.model.batch_size).zip(a.inputs.chunks(a.model.batch_size)) {
         let x = Tensor::stack(chunk, 0)?;
         let (xrec, _) = model.reconstruct(&x)?;
         for (i, p) in paths.iter().enumerate() {
             let img = imageio::from_tensor(&xrec.get(i)?)?;
             imageio::save_png(&out_name(p, &a.out), &img)?;
+            if a.grid.is_some() {
+                shown.push(imageio::from_tensor(&x.get(i)?)?);
+                recons.push(img);
+            }
             pb.inc(1);
         }
     }
     pb.finish_and_clear();
+    if let Some(path) = &a.grid {
+        // pairs of rows: up to 8 inputs, then their reconstructions
+        let cols = shown.len().clamp(1, 8);
+        let tiles: Vec<_> = shown.chunks(cols).zip(recons.chunks(cols)).flat_map(|(i, r)| i.iter().chain(r).cloned()).collect();
+        let g = imageio::grid(&tiles, cols).context("reconstructions differ in size")?;
+        imageio::save_png(path, &g)?;
+    }
     if !a.model.quiet {
         eprintln!("wrote {} reconstructions to {}", a.inputs.len(), a.out.display());
     }

@@ -202,9 +202,41 @@ pub fn from_tensor(t: &Tensor) -> candle_core::Result<RgbImage> {
     Ok(RgbImage::new(w, h, data))
 }
 
+/// Tiles equally sized images into rows of `cols`, with a 2-pixel gray gutter (for sample grids).
+pub fn grid(images: &[RgbImage], cols: usize) -> Option<RgbImage> {
+    let first = images.first()?;
+    let (w, h, gap) = (first.width, first.height, 2);
+    if cols == 0 || images.iter().any(|i| i.width != w || i.height != h) {
+        return None;
+    }
+    let rows = images.len().div_ceil(cols);
+    let (gw, gh) = (cols * w + (cols + 1) * gap, rows * h + (rows + 1) * gap);
+    let mut data = vec![128u8; gw * gh * 3];
+    for (k, img) in images.iter().enumerate() {
+        let (x0, y0) = (gap + (k % cols) * (w + gap), gap + (k / cols) * (h + gap));
+        for y in 0..h {
+            let dst = ((y0 + y) * gw + x0) * 3;
+            data[dst..dst + w * 3].copy_from_slice(&img.data[y * w * 3..(y + 1) * w * 3]);
+        }
+    }
+    Some(RgbImage::new(gw, gh, data))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn grid_places_images_in_rows_with_gutters() {
+        let a = RgbImage::new(2, 2, vec![255; 12]);
+        let b = RgbImage::new(2, 2, vec![0; 12]);
+        let g = grid(&[a.clone(), b.clone(), a], 2).unwrap();
+        assert_eq!((g.width, g.height), (2 * 2 + 3 * 2, 2 * 2 + 3 * 2));
+        assert_eq!(g.px(2, 2, 0), 255); // first image
+        assert_eq!(g.px(2, 6, 0), 0); // second image, same row
+        assert_eq!(g.px(0, 0, 0), 128); // gutter
+        assert!(grid(&[RgbImage::new(1, 1, vec![0; 3]), RgbImage::new(2, 1, vec![0; 6])], 2).is_none());
+    }
 
     #[test]
     fn py3round_is_half_even() {
