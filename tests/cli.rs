@@ -181,6 +181,13 @@ fn missing_input_file_is_named() {
 }
 
 #[test]
+fn bf16_on_the_cpu_is_refused_in_one_line() {
+    let Some(g) = golden() else { return };
+    let o = gen(&["encode", "--device", "cpu", "--dtype", "bf16", "--tokenizer", s(&g.ckpt), "x.png", "--print"]);
+    assert_one_line_error(&o, &["--dtype bf16", "CPU"]);
+}
+
+#[test]
 fn missing_tokenizer_is_named() {
     let o = gen(&["encode", "--tokenizer", "/nonexistent/model", "x.png", "--print"]);
     assert_one_line_error(&o, &["/nonexistent/model"]);

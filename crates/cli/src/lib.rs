@@ -42,8 +42,20 @@ pub fn main() {
         Command::ExportFmnist(a) => data_cmds::export_fmnist(a),
     };
     if let Err(e) = result {
-        let msg = format!("{e:#}").replace('\n', " ");
-        eprintln!("error: {msg}");
+        eprintln!("error: {}", one_line(&e));
         std::process::exit(1);
     }
+}
+
+/// The error chain on one line: the first line of each cause (Candle appends a backtrace to its
+/// errors' text), repeated causes dropped.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in e.chain() {
+        let first = cause.to_string().lines().next().unwrap_or_default().trim().to_string();
+        if !first.is_empty() && !parts.iter().any(|p| p.contains(&first)) {
+            parts.push(first);
+        }
+    }
+    parts.join(": ")
 }

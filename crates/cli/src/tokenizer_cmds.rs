@@ -40,6 +40,9 @@ impl ModelArgs {
         let spec: DeviceSpec = self.device.parse()?;
         let dev = gen_runtime::open_device(spec, self.quiet)?;
         let dtype = gen_runtime::parse_dtype(&self.dtype)?;
+        if dtype == DType::BF16 && dev.is_cpu() {
+            bail!("--dtype bf16 is not supported on the CPU (Candle has no BF16 conv there); use f32 or f16");
+        }
         if self.batch_size == 0 {
             bail!("--batch-size must be at least 1");
         }
