@@ -111,7 +111,19 @@ fn reconstruct_writes_a_grid_of_inputs_over_reconstructions() {
     let Some(g) = golden() else { return };
     let out = tmp("grid");
     let img = g.recon.join("input_rgb.png");
-    let o = gen(&["reconstruct", "--quiet", "--tokenizer", s(&g.ckpt), s(&img), s(&img), s(&img), "--out", s(&out), "--grid", s(&out.join("grid.png"))]);
+    let o = gen(&[
+        "reconstruct",
+        "--quiet",
+        "--tokenizer",
+        s(&g.ckpt),
+        s(&img),
+        s(&img),
+        s(&img),
+        "--out",
+        s(&out),
+        "--grid",
+        s(&out.join("grid.png")),
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let (grid, _) = gen_runtime::imageio::load_rgb(&out.join("grid.png")).unwrap();
     assert_eq!((grid.width, grid.height), (3 * 64 + 4 * 2, 2 * 64 + 3 * 2)); // 3 columns, input row + output row

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device, Module, Tensor};
 use gen_nn::{Params, Weights};
 use gen_tests::{assert_close, assert_exact, device, fixture, load, Tolerances};
 use gen_tokenizer::{read_weights, VqConfig, VqModel};
@@ -62,7 +62,7 @@ fn forward_checks(cfg: &str, model: &VqModel, root: &Path, tol: &Tolerances) {
     check(tol, cfg, o, "qloss", &q.loss.reshape(1).unwrap(), &want["qloss"]);
     let q_mse = (&q.z_q - &z).unwrap().sqr().unwrap().mean_all().unwrap().reshape(1).unwrap();
     check(tol, cfg, o, "q_mse", &q_mse, &want["q_mse"]);
-    let post = model.post_quant_conv.forward_t(&q.z_q);
+    let post = model.post_quant_conv.forward(&q.z_q).unwrap();
     check(tol, cfg, o, "post_quant", &post, &want["post_quant"]);
     let mut dacts: HashMap<String, Tensor> = HashMap::new();
     let xrec = model
@@ -79,15 +79,6 @@ fn forward_checks(cfg: &str, model: &VqModel, root: &Path, tol: &Tolerances) {
         if let Some(block) = name.strip_prefix("act.") {
             check(tol, cfg, o, name, &acts[block], t);
         }
-    }
-}
-
-trait ForwardT {
-    fn forward_t(&self, x: &Tensor) -> Tensor;
-}
-impl ForwardT for gen_nn::Conv2d {
-    fn forward_t(&self, x: &Tensor) -> Tensor {
-        candle_core::Module::forward(self, x).unwrap()
     }
 }
 

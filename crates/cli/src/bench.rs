@@ -269,7 +269,8 @@ pub fn bench(a: BenchArgs) -> Result<()> {
     }
     drop(ctx);
     // ask the baseline for the items it has (the `_openblas` and `_candle_nograd` rows are ours only)
-    let names: Vec<&str> = ours.iter().map(|(n, _)| *n).filter(|n| !n.ends_with("_openblas") && !n.ends_with("_nograd")).collect();
+    let names: Vec<&str> =
+        ours.iter().map(|(n, _)| *n).filter(|n| !n.ends_with("_openblas") && !n.ends_with("_nograd")).collect();
     let base = if a.no_baseline {
         BTreeMap::new()
     } else {

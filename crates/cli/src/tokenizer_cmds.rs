@@ -111,9 +111,10 @@ pub struct ConvertArgs {
     pub inference_only: bool,
 }
 
-/// Loads and preprocesses images as the official evaluation does, into [3, S, S] tensors.
-fn load_images(paths: &[PathBuf], size: usize, dev: &Device, dtype: DType, quiet: bool) -> Result<Vec<Tensor>> {
-    paths
+/// Loads and preprocesses one batch of images as the official evaluation does: [B, 3, S, S].
+/// Batches are loaded one at a time, so memory does not grow with the number of inputs.
+fn load_batch(paths: &[PathBuf], size: usize, dev: &Device, dtype: DType, quiet: bool) -> Result<Tensor> {
+    let images = paths
         .iter()
         .map(|p| {
             let (img, mode) = imageio::load_rgb(p)?;
@@ -131,7 +132,8 @@ fn load_images(paths: &[PathBuf], size: usize, dev: &Device, dtype: DType, quiet
             let t = imageio::to_tensor(&imageio::preprocess(&img, size), dev)?;
             Ok(t.to_dtype(dtype)?)
         })
-        .collect()
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Tensor::stack(&images, 0)?)
 }
 
 fn out_name(input: &Path, out: &Path) -> PathBuf {
@@ -142,12 +144,11 @@ fn out_name(input: &Path, out: &Path) -> PathBuf {
 pub fn reconstruct(a: ReconstructArgs) -> Result<()> {
     let (model, dev, dtype) = a.model.open()?;
     let size = model.config.resolution;
-    let images = load_images(&a.inputs, size, &dev, dtype, a.model.quiet)?;
     std::fs::create_dir_all(&a.out).with_context(|| format!("{}: cannot create folder", a.out.display()))?;
-    let pb = progress::bar(images.len() as u64, "reconstruct", a.model.quiet);
+    let pb = progress::bar(a.inputs.len() as u64, "reconstruct", a.model.quiet);
     let (mut shown, mut recons) = (Vec::new(), Vec::new());
-    for (chunk, paths) in images.chunks(a.model.batch_size).zip(a.inputs.chunks(a.model.batch_size)) {
-        let x = Tensor::stack(chunk, 0)?;
+    for paths in a.inputs.chunks(a.model.batch_size) {
+        let x = load_batch(paths, size, &dev, dtype, a.model.quiet)?;
         let (xrec, _) = model.reconstruct(&x)?;
         for (i, p) in paths.iter().enumerate() {
             let img = imageio::from_tensor(&xrec.get(i)?)?;
@@ -163,7 +164,8 @@ pub fn reconstruct(a: ReconstructArgs) -> Result<()> {
     if let Some(path) = &a.grid {
         // pairs of rows: up to 8 inputs, then their reconstructions
         let cols = shown.len().clamp(1, 8);
-        let tiles: Vec<_> = shown.chunks(cols).zip(recons.chunks(cols)).flat_map(|(i, r)| i.iter().chain(r).cloned()).collect();
+        let tiles: Vec<_> =
+            shown.chunks(cols).zip(recons.chunks(cols)).flat_map(|(i, r)| i.iter().chain(r).cloned()).collect();
         let g = imageio::grid(&tiles, cols).context("reconstructions differ in size")?;
         imageio::save_png(path, &g)?;
     }
@@ -178,13 +180,12 @@ pub fn encode(a: EncodeArgs) -> Result<()> {
         bail!("nothing to do: give --out FILE and/or --print");
     }
     let (model, dev, dtype) = a.model.open()?;
-    let images = load_images(&a.inputs, model.config.resolution, &dev, dtype, a.model.quiet)?;
-    let pb = progress::bar(images.len() as u64, "encode", a.model.quiet);
+    let pb = progress::bar(a.inputs.len() as u64, "encode", a.model.quiet);
     let mut all = Vec::new();
-    for chunk in images.chunks(a.model.batch_size) {
-        let q = model.encode(&Tensor::stack(chunk, 0)?)?;
+    for paths in a.inputs.chunks(a.model.batch_size) {
+        let q = model.encode(&load_batch(paths, model.config.resolution, &dev, dtype, a.model.quiet)?)?;
         all.push(q.indices.to_device(&Device::Cpu)?);
-        pb.inc(chunk.len() as u64);
+        pb.inc(paths.len() as u64);
     }
     pb.finish_and_clear();
     let tokens = Tensor::cat(&all, 0)?;

@@ -32,10 +32,6 @@ pub struct TokenizerWeights {
     pub tensors: HashMap<String, Tensor>,
 }
 
-fn is_model_dir(p: &Path) -> bool {
-    p.is_dir()
-}
-
 fn read_codebook(path: &Path) -> Result<Tensor> {
     if path.extension().is_some_and(|e| e == "safetensors") {
         let t = io::load_safetensors(path, &Device::Cpu)?;
@@ -68,7 +64,7 @@ pub fn read_weights(path: &Path, codebook: Option<&Path>, resolution: Option<usi
     if !path.exists() {
         return Err(Error::io(path, std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or folder")));
     }
-    let (source, mut tensors, dir_config, hint) = if is_model_dir(path) {
+    let (source, mut tensors, dir_config, hint) = if path.is_dir() {
         let cfg_path = path.join("config.toml");
         let text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
         let cfg: TokenizerDirConfig =
@@ -121,9 +117,8 @@ pub fn read_weights(path: &Path, codebook: Option<&Path>, resolution: Option<usi
             c
         }
         None => {
-            let shapes: HashMap<String, Vec<usize>> =
+            let mut shapes: HashMap<String, Vec<usize>> =
                 tensors.iter().map(|(k, t)| (k.clone(), t.dims().to_vec())).collect();
-            let mut shapes = shapes;
             if !shapes.contains_key("tok_embeddings.weight") {
                 if let Some(p) = shapes.get(PROJECTED_KEY).cloned() {
                     shapes.insert("tok_embeddings.weight".into(), p);

@@ -194,7 +194,22 @@ mod cblas {
         let beta = if accumulate { 1.0 } else { 0.0 };
         let (m, n, k, ldc) = (m as i32, n as i32, k as i32, dst_rs as i32);
         if TypeId::of::<T>() == TypeId::of::<f32>() {
-            cblas_sgemm(ROW_MAJOR, ta, tb, m, n, k, 1.0, lhs.ptr as _, lda, rhs.ptr as _, ldb, beta as f32, dst as _, ldc);
+            cblas_sgemm(
+                ROW_MAJOR,
+                ta,
+                tb,
+                m,
+                n,
+                k,
+                1.0,
+                lhs.ptr as _,
+                lda,
+                rhs.ptr as _,
+                ldb,
+                beta as f32,
+                dst as _,
+                ldc,
+            );
         } else if TypeId::of::<T>() == TypeId::of::<f64>() {
             cblas_dgemm(ROW_MAJOR, ta, tb, m, n, k, 1.0, lhs.ptr as _, lda, rhs.ptr as _, ldb, beta, dst as _, ldc);
         } else {
