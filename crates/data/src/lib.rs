@@ -1,3 +1,4 @@
-//! gen-data: the data sets `gen` trains and evaluates on.
+//! gen-data: data sets and the files models read: Fashion-MNIST IDX, token files.
 
 pub mod fmnist;
+pub mod tokens;

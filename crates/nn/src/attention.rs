@@ -1,43 +1,142 @@
-//! Scaled dot-product attention over token sequences.
+//! Scaled dot-product attention over token sequences, optionally causal, and a KV cache for decoding.
 //!
 //! Training (any input tracks a gradient): `softmax(q·kᵀ·scale)·v` batched, through our softmax with
-//! backward. Inference: one [T × T] score block per (batch, head) at a time, so memory is O(T²) not
+//! backward. Inference: one [Tq × Tk] score block per (batch, head) at a time, so memory is O(T²) not
 //! O(B·H·T²) (a 64-image batch of 16×16 latents would otherwise hold 64 blocks at once).
+//!
+//! Decoding (a GPT sampler): each layer keeps a [`KvCache`]; [`KvCache::attend`] appends the new
+//! tokens' keys and values and lets the new queries attend causally to everything cached.
 
 use candle_core::{Result, Tensor};
 
-use crate::kernels::softmax_last_dim;
+use crate::kernels::{softmax_last_dim, softmax_last_dim_causal};
 
-/// q, k, v: [B, T, C] (B may fold heads). Returns [B, T, C].
+/// Which keys each query may attend to.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Mask {
+    /// Every query sees every key (the tokenizer's spatial attention, DiT).
+    #[default]
+    None,
+    /// Query i sees keys j ≤ i + offset, the others get weight exactly 0. `offset` is the number of
+    /// keys before the first query: 0 for a whole sequence, the cached length when decoding.
+    Causal { offset: usize },
+}
+
+impl Mask {
+    /// The causal mask of a whole sequence (query i sees keys 0..=i).
+    pub fn causal() -> Self {
+        Mask::Causal { offset: 0 }
+    }
+
+    fn softmax(self, scores: &Tensor) -> Result<Tensor> {
+        match self {
+            Mask::None => softmax_last_dim(scores),
+            Mask::Causal { offset } => softmax_last_dim_causal(scores, offset),
+        }
+    }
+}
+
+/// q [B, Tq, C], k, v [B, Tk, C] (B may fold heads). Returns [B, Tq, C].
 pub fn attend(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
+    attend_masked(q, k, v, scale, Mask::None)
+}
+
+/// [`attend`] with a mask: q [B, Tq, C], k, v [B, Tk, C]; returns [B, Tq, C].
+pub fn attend_masked(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, mask: Mask) -> Result<Tensor> {
     let (q, k, v) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
     if q.track_op() || k.track_op() || v.track_op() {
         let w = (q.matmul(&k.t()?)? * scale)?; // [B, Tq, Tk]
-        return softmax_last_dim(&w)?.matmul(&v);
+        return mask.softmax(&w)?.matmul(&v);
     }
     let b = q.dim(0)?;
     let outs = (0..b)
         .map(|i| {
             let (qi, ki, vi) = (q.get(i)?, k.get(i)?, v.get(i)?);
-            let w = softmax_last_dim(&(qi.matmul(&ki.t()?)? * scale)?)?; // one [Tq, Tk] block
+            let w = mask.softmax(&(qi.matmul(&ki.t()?)? * scale)?)?; // one [Tq, Tk] block
             w.matmul(&vi)
         })
         .collect::<Result<Vec<_>>>()?;
     Tensor::stack(&outs, 0)
 }
 
-/// Multi-head attention: q, k, v [B, T, H·D] split into `heads`; returns [B, T, H·D].
+/// Multi-head attention: q [B, Tq, H·D], k, v [B, Tk, H·D] split into `heads`; returns [B, Tq, H·D].
 pub fn attend_heads(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, scale: f64) -> Result<Tensor> {
+    attend_heads_masked(q, k, v, heads, scale, Mask::None)
+}
+
+/// [`attend_heads`] with a mask (the same for every head).
+pub fn attend_heads_masked(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, scale: f64, mask: Mask) -> Result<Tensor> {
     let (b, t, c) = q.dims3()?;
-    if c % heads != 0 {
+    if heads == 0 || c % heads != 0 {
         candle_core::bail!("attention: {c} channels do not split into {heads} heads");
     }
     let split = |x: &Tensor| -> Result<Tensor> {
         let tk = x.dim(1)?;
         x.reshape((b, tk, heads, c / heads))?.transpose(1, 2)?.reshape((b * heads, tk, c / heads))
     };
-    let o = attend(&split(q)?, &split(k)?, &split(v)?, scale)?; // [B·H, T, D]
+    let o = attend_masked(&split(q)?, &split(k)?, &split(v)?, scale, mask)?; // [B·H, Tq, D]
     o.reshape((b, heads, t, c / heads))?.transpose(1, 2)?.reshape((b, t, c))
+}
+
+/// The keys and values of the tokens decoded so far for one attention layer, [B, T, C] each (C holds
+/// all heads), grown along the time axis.
+#[derive(Clone, Debug, Default)]
+pub struct KvCache {
+    kv: Option<(Tensor, Tensor)>,
+}
+
+impl KvCache {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Cached time steps.
+    pub fn len(&self) -> usize {
+        self.kv.as_ref().map_or(0, |(k, _)| k.dims()[1])
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The cached keys and values, [B, T, C] each; `None` before the first append.
+    pub fn get(&self) -> Option<(&Tensor, &Tensor)> {
+        self.kv.as_ref().map(|(k, v)| (k, v))
+    }
+
+    /// Appends k, v [B, t, C] along time; returns the full k, v [B, len + t, C].
+    pub fn append(&mut self, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
+        let (b, _, c) = k.dims3()?;
+        if v.dims3()? != k.dims3()? {
+            candle_core::bail!("kv cache: keys {:?} and values {:?} differ in shape", k.dims(), v.dims());
+        }
+        let kv = match &self.kv {
+            None => (k.clone(), v.clone()),
+            Some((ck, cv)) => {
+                let (cb, ct, cc) = ck.dims3()?;
+                if (cb, cc) != (b, c) {
+                    candle_core::bail!("kv cache: holds [{cb}, {ct}, {cc}], cannot append {:?}", k.dims());
+                }
+                (Tensor::cat(&[ck, k], 1)?, Tensor::cat(&[cv, v], 1)?)
+            }
+        };
+        self.kv = Some(kv.clone());
+        Ok(kv)
+    }
+
+    /// Empties the cache (a new batch of sequences).
+    pub fn reset(&mut self) {
+        self.kv = None;
+    }
+
+    /// One decoding step of causal multi-head attention: q, k, v [B, t, H·D] are the t new tokens
+    /// (t = 1 per sampled token, the prompt length for a prefill). Their keys and values are appended,
+    /// and new token i attends to every cached token and to new tokens 0..=i. Returns [B, t, H·D].
+    pub fn attend(&mut self, q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, scale: f64) -> Result<Tensor> {
+        let offset = self.len();
+        let (k, v) = self.append(k, v)?;
+        attend_heads_masked(q, &k, &v, heads, scale, Mask::Causal { offset })
+    }
 }
 
 #[cfg(test)]
@@ -90,6 +189,110 @@ mod tests {
                 .unwrap();
             assert!(d < 1e-5, "head {h}: {d}");
         }
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
+        (a - b).unwrap().abs().unwrap().max_all().unwrap().to_dtype(DType::F64).unwrap().to_scalar::<f64>().unwrap()
+    }
+
+    /// Causal attention composed from plain Candle ops: a −∞ bias on keys j > i + offset, then softmax.
+    fn causal_reference(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, offset: usize) -> Tensor {
+        let (tq, tk) = (q.dim(1).unwrap(), k.dim(1).unwrap());
+        let bias: Vec<f32> =
+            (0..tq).flat_map(|i| (0..tk).map(move |j| if j > i + offset { f32::NEG_INFINITY } else { 0.0 })).collect();
+        let bias = Tensor::from_vec(bias, (tq, tk), q.device()).unwrap().to_dtype(q.dtype()).unwrap();
+        let w = (q.matmul(&k.t().unwrap()).unwrap() * scale).unwrap().broadcast_add(&bias).unwrap();
+        candle_nn::ops::softmax(&w, D::Minus1).unwrap().matmul(v).unwrap()
+    }
+
+    #[test]
+    fn causal_full_sequence_equals_kv_cache_decoding_token_by_token() {
+        let mut r = Rng::new(12);
+        let dev = Device::Cpu;
+        let (b, t, heads, c) = (2, 7, 3, 12);
+        let (q, k, v) = (
+            r.randn((b, t, c), 1.0, &dev).unwrap(),
+            r.randn((b, t, c), 1.0, &dev).unwrap(),
+            r.randn((b, t, c), 1.0, &dev).unwrap(),
+        );
+        let full = attend_heads_masked(&q, &k, &v, heads, 0.5, Mask::causal()).unwrap();
+        // token by token, then a 3-token prefill followed by single tokens
+        for prefill in [1, 3] {
+            let mut cache = KvCache::new();
+            let mut steps = Vec::new();
+            let mut pos = 0;
+            while pos < t {
+                let n = if pos == 0 { prefill } else { 1 };
+                let s = |x: &Tensor| x.narrow(1, pos, n).unwrap();
+                steps.push(cache.attend(&s(&q), &s(&k), &s(&v), heads, 0.5).unwrap());
+                pos += n;
+                assert_eq!(cache.len(), pos);
+            }
+            let decoded = Tensor::cat(&steps, 1).unwrap();
+            let d = max_diff(&decoded, &full);
+            assert!(d < 1e-5, "prefill {prefill}: {d}");
+            cache.reset();
+            assert!(cache.is_empty() && cache.get().is_none());
+        }
+    }
+
+    #[test]
+    fn causal_attention_equals_masked_composition_with_and_without_offset() {
+        let mut r = Rng::new(13);
+        let dev = Device::Cpu;
+        for (tq, tk, offset) in [(6, 6, 0), (3, 8, 5)] {
+            let q = r.randn((2, tq, 4), 1.0, &dev).unwrap();
+            let (k, v) = (r.randn((2, tk, 4), 1.0, &dev).unwrap(), r.randn((2, tk, 4), 1.0, &dev).unwrap());
+            let want = causal_reference(&q, &k, &v, 0.7, offset);
+            let infer = attend_masked(&q, &k, &v, 0.7, Mask::Causal { offset }).unwrap();
+            let qv = candle_core::Var::from_tensor(&q).unwrap();
+            let train = attend_masked(qv.as_tensor(), &k, &v, 0.7, Mask::Causal { offset }).unwrap();
+            assert!(max_diff(&infer, &want) < 1e-5, "inference path {tq}x{tk}+{offset}");
+            assert!(max_diff(&train, &want) < 1e-5, "training path {tq}x{tk}+{offset}");
+        }
+    }
+
+    #[test]
+    fn causal_output_ignores_future_values_exactly() {
+        let mut r = Rng::new(14);
+        let dev = Device::Cpu;
+        let (q, k, v) = (
+            r.randn((1, 5, 4), 1.0, &dev).unwrap(),
+            r.randn((1, 5, 4), 1.0, &dev).unwrap(),
+            r.randn((1, 5, 4), 1.0, &dev).unwrap(),
+        );
+        let changed =
+            Tensor::cat(&[v.narrow(1, 0, 2).unwrap(), (v.narrow(1, 2, 3).unwrap() * 1e6).unwrap()], 1).unwrap();
+        let a = attend_masked(&q, &k, &v, 0.5, Mask::causal()).unwrap().narrow(1, 0, 2).unwrap();
+        let b = attend_masked(&q, &k, &changed, 0.5, Mask::causal()).unwrap().narrow(1, 0, 2).unwrap();
+        assert_eq!(max_diff(&a, &b), 0.0, "queries 0 and 1 must not see values 2..5");
+    }
+
+    #[test]
+    fn causal_training_path_gradchecks_f64() {
+        let mut r = Rng::new(15);
+        let dev = Device::Cpu;
+        for (tq, tk, offset) in [(5, 5, 0), (3, 6, 3)] {
+            let t = |r: &mut Rng, n: usize| r.randn((2, n, 4), 1.0, &dev).unwrap().to_dtype(DType::F64).unwrap();
+            let inputs = [t(&mut r, tq), t(&mut r, tk), t(&mut r, tk)];
+            let f = |x: &[Tensor]| attend_masked(&x[0], &x[1], &x[2], 0.5, Mask::Causal { offset });
+            let err = gradcheck(&f, &inputs, 1e-6, 100).unwrap();
+            assert!(err < 1e-6, "{tq}x{tk}+{offset}: {err}");
+        }
+    }
+
+    #[test]
+    fn kv_cache_rejects_append_of_another_batch_or_width() {
+        let dev = Device::Cpu;
+        let mut cache = KvCache::new();
+        let kv = Tensor::zeros((2, 1, 8), DType::F32, &dev).unwrap();
+        cache.append(&kv, &kv).unwrap();
+        let other = Tensor::zeros((3, 1, 8), DType::F32, &dev).unwrap();
+        let err = cache.append(&other, &other).unwrap_err().to_string();
+        assert!(err.contains("cannot append [3, 1, 8]"), "{err}");
+        assert_eq!(cache.len(), 1, "a rejected append leaves the cache as it was");
+        let v = Tensor::zeros((2, 1, 4), DType::F32, &dev).unwrap();
+        assert!(cache.append(&kv, &v).is_err());
     }
 
     #[test]

@@ -1,14 +1,16 @@
 //! Loading weights by official key names, with errors a user can act on.
 //!
-//! Candle's own backends say `cannot find tensor X`; ours names the source file, the missing key and the
-//! shape the model expected, and a wrong shape names both shapes. A `VarBuilder` built here never
-//! invents a tensor (Candle's VarMap silently zero-initialises a mistyped name).
+//! Candle's own backends say `cannot find tensor X`; ours returns `gen_runtime::Error::MissingKey` (the
+//! source file, the key, the shape the model expected) or `ShapeMismatch` (both shapes), typed: the error
+//! travels through Candle's `VarBuilder` and comes back out as the same variant. A `VarBuilder` built here
+//! never invents a tensor (Candle's VarMap silently zero-initialises a mistyped name).
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 
 use candle_core::{DType, Device, Result, Shape, Tensor, Var};
 use candle_nn::{Init, VarBuilder};
+use gen_runtime::Error;
 
 /// A named set of tensors from one source (a file, or Vars for training).
 pub struct Weights {
@@ -47,22 +49,37 @@ struct Backend {
     used: Arc<Mutex<BTreeSet<String>>>,
 }
 
+impl Backend {
+    /// The tensor `name`, or `gen_runtime::Error::MissingKey` (carried through Candle, see `Error::into_candle`).
+    fn lookup(&self, name: &str, expected: Option<&Shape>) -> Result<&Tensor> {
+        self.tensors.get(name).ok_or_else(|| {
+            Error::MissingKey {
+                path: self.source.clone().into(),
+                key: name.to_string(),
+                expected: expected.map(|s| format!("{:?}", s.dims())),
+            }
+            .into_candle()
+        })
+    }
+}
+
 impl candle_nn::var_builder::SimpleBackend for Backend {
     fn get(&self, s: Shape, name: &str, _: Init, dtype: DType, dev: &Device) -> Result<Tensor> {
-        let t = self.get_unchecked(name, dtype, dev).map_err(|_| {
-            candle_core::Error::Msg(format!("{}: missing key '{name}' (expected {:?})", self.source, s.dims()))
-        })?;
+        let t = self.lookup(name, Some(&s))?;
         if t.shape() != &s {
-            candle_core::bail!("{}: tensor '{name}' has shape {:?}, expected {:?}", self.source, t.dims(), s.dims());
+            return Err(Error::ShapeMismatch {
+                path: self.source.clone().into(),
+                key: name.to_string(),
+                expected: s.dims().to_vec(),
+                found: t.dims().to_vec(),
+            }
+            .into_candle());
         }
-        Ok(t)
+        self.get_unchecked(name, dtype, dev)
     }
 
     fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> Result<Tensor> {
-        let t = self
-            .tensors
-            .get(name)
-            .ok_or_else(|| candle_core::Error::Msg(format!("{}: missing key '{name}'", self.source)))?;
+        let t = self.lookup(name, None)?;
         self.used.lock().expect("weights lock").insert(name.to_string());
         t.to_device(dev)?.to_dtype(dtype)
     }
@@ -156,8 +173,53 @@ impl candle_nn::var_builder::SimpleBackend for RandomBackend {
             None => candle_core::bail!("random weights: '{name}' has no shape yet"),
         }
     }
+    /// Only what was already made: a model asking whether an optional tensor is stored (a cache such as
+    /// a precomputed projection) is told no, and computes it.
     fn contains_tensor(&self, name: &str) -> bool {
-        // the LC quantizer asks whether a projected codebook is stored: it is not
-        name != "quantize.codebook_projected"
+        self.made.lock().expect("weights lock").contains_key(name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn weights() -> Weights {
+        let t = Tensor::zeros((2, 3), DType::F32, &Device::Cpu).unwrap();
+        Weights::new("m.safetensors", HashMap::from([("layer.weight".to_string(), t)]))
+    }
+
+    #[test]
+    fn a_missing_key_comes_back_as_the_typed_error_with_the_expected_shape() {
+        let vb = weights().var_builder(DType::F32, &Device::Cpu);
+        let e = Error::from(vb.pp("layer").get((2, 3), "bias").unwrap_err());
+        match e {
+            Error::MissingKey { path, key, expected } => {
+                assert_eq!((path.to_str(), key.as_str()), (Some("m.safetensors"), "layer.bias"));
+                assert_eq!(expected.as_deref(), Some("[2, 3]"));
+            }
+            other => panic!("expected MissingKey, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_wrong_shape_comes_back_as_the_typed_error_with_both_shapes() {
+        let vb = weights().var_builder(DType::F32, &Device::Cpu);
+        let e = Error::from(vb.get((3, 2), "layer.weight").unwrap_err());
+        match e {
+            Error::ShapeMismatch { key, expected, found, .. } => {
+                assert_eq!((key.as_str(), expected, found), ("layer.weight", vec![3, 2], vec![2, 3]));
+            }
+            other => panic!("expected ShapeMismatch, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn random_weights_hold_only_what_was_asked_for() {
+        let r = RandomWeights::new(1);
+        let vb = r.var_builder(DType::F32, &Device::Cpu);
+        assert!(!vb.contains_tensor("any.cache"));
+        vb.get((2, 2), "w").unwrap();
+        assert!(vb.contains_tensor("w"));
     }
 }

@@ -5,10 +5,12 @@ pub mod device;
 pub mod error;
 pub mod imageio;
 pub mod io;
+pub mod model_dir;
 pub mod progress;
 pub mod pth;
 pub mod rng;
 
 pub use device::{open_device, parse_dtype, DeviceSpec};
-pub use error::{Error, Result};
+pub use error::{one_line, Error, Result};
+pub use model_dir::{ModelDir, ModelKind};
 pub use rng::Rng;

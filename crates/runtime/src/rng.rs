@@ -1,70 +1,84 @@
 //! Our own seeded RNG: Candle's CPU RNG cannot be seeded (`set_seed` errors on CPU), so every random
 //! tensor of `gen` (init, noise, dropout masks, timesteps) comes from here and is reproducible.
+//!
+//! The generator is `rand_xoshiro`'s xoshiro256** (seeded through SplitMix64) and the draws are the
+//! `rand` / `rand_distr` distributions, so nothing here is hand-rolled maths. Its whole state is four
+//! `u64`s, which a training checkpoint stores (`state`) and restores (`from_state`) to resume bit-exactly.
 
 use candle_core::{Device, Shape, Tensor};
+use rand::distr::{Distribution, StandardUniform, Uniform};
+use rand::{Rng as _, RngCore as _, SeedableRng as _};
+use rand_distr::StandardNormal;
+use rand_xoshiro::Xoshiro256StarStar;
 
-/// xoshiro256** seeded through SplitMix64. Small, fast, and its whole state fits in a checkpoint.
+/// xoshiro256** with a checkpointable state. No draw keeps a cache outside the four state words (the
+/// normal sampler is a ziggurat, not a pair-producing Box-Muller), so `from_state(state())` continues
+/// the identical stream at any point.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Rng {
+    inner: Xoshiro256StarStar,
+}
+
+/// The field layout `rand_xoshiro` serialises (its `serde` feature): the only sound way to read the
+/// private state words out. A rename upstream fails `state_round_trips_*` below, not silently.
+#[derive(serde::Deserialize)]
+struct RawState {
     s: [u64; 4],
 }
 
 impl Rng {
+    /// Seeds through SplitMix64 (`SeedableRng::seed_from_u64`), the seeding the xoshiro authors advise.
     pub fn new(seed: u64) -> Self {
-        let mut x = seed;
-        let mut next = || {
-            x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = x;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^ (z >> 31)
-        };
-        Rng { s: [next(), next(), next(), next()] }
+        Rng { inner: Xoshiro256StarStar::seed_from_u64(seed) }
     }
 
+    /// The four state words, for a checkpoint.
     pub fn state(&self) -> [u64; 4] {
-        self.s
+        let value = serde_json::to_value(&self.inner).expect("serialising four u64 cannot fail");
+        let raw: RawState =
+            serde_json::from_value(value).expect("rand_xoshiro serialises Xoshiro256StarStar as {\"s\": [u64; 4]}");
+        raw.s
     }
 
+    /// Continues the stream a `state()` was taken from. `from_seed` reads the words little-endian, the
+    /// same layout as the state itself. (The all-zero state, which no seeded generator ever reaches
+    /// because xoshiro never leaves or enters it, is remapped by `rand_xoshiro` to a valid one.)
     pub fn from_state(s: [u64; 4]) -> Self {
-        Rng { s }
+        let mut bytes = [0u8; 32];
+        for (chunk, word) in bytes.chunks_exact_mut(8).zip(s) {
+            chunk.copy_from_slice(&word.to_le_bytes());
+        }
+        Rng { inner: Xoshiro256StarStar::from_seed(bytes) }
     }
 
     pub fn next_u64(&mut self) -> u64 {
-        let r = self.s[1].wrapping_mul(5).rotate_left(7).wrapping_mul(9);
-        let t = self.s[1] << 17;
-        self.s[2] ^= self.s[0];
-        self.s[3] ^= self.s[1];
-        self.s[1] ^= self.s[2];
-        self.s[0] ^= self.s[3];
-        self.s[2] ^= t;
-        self.s[3] = self.s[3].rotate_left(45);
-        r
+        self.inner.next_u64()
     }
 
-    /// Uniform in [0, 1) with 53 random bits.
+    /// Uniform in [0, 1) with 53 random bits (`StandardUniform`: the top 53 bits of one `u64`).
     pub fn uniform(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+        StandardUniform.sample(&mut self.inner)
     }
 
-    /// Uniform integer in [0, n) (Lemire's multiply-shift; bias < 2^-64·n, irrelevant here).
+    /// Uniform integer in [0, n) without bias worth measuring (`rand`'s `random_range`).
+    /// `n` must be positive: an empty range is a bug of the caller and panics, like an index out of range.
     pub fn below(&mut self, n: u64) -> u64 {
-        ((self.next_u64() as u128 * n as u128) >> 64) as u64
+        self.inner.random_range(0..n)
     }
 
-    /// Standard normal by Box-Muller (one value per call; simple and exact enough for init and noise).
+    /// Standard normal (`rand_distr::StandardNormal`, a ziggurat sampler).
     pub fn normal(&mut self) -> f64 {
-        let u1 = 1.0 - self.uniform(); // (0, 1]: log is finite
-        let u2 = self.uniform();
-        (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+        StandardNormal.sample(&mut self.inner)
     }
 
+    /// An f32 tensor of N(0, std²) draws, in row-major order.
     pub fn randn(&mut self, shape: impl Into<Shape>, std: f64, dev: &Device) -> candle_core::Result<Tensor> {
         let shape = shape.into();
         let v: Vec<f32> = (0..shape.elem_count()).map(|_| (self.normal() * std) as f32).collect();
         Tensor::from_vec(v, shape, dev)
     }
 
+    /// An f32 tensor of U[lo, hi) draws, in row-major order; an empty or non-finite range is an error.
     pub fn rand_uniform(
         &mut self,
         shape: impl Into<Shape>,
@@ -73,7 +87,9 @@ impl Rng {
         dev: &Device,
     ) -> candle_core::Result<Tensor> {
         let shape = shape.into();
-        let v: Vec<f32> = (0..shape.elem_count()).map(|_| (lo + (hi - lo) * self.uniform()) as f32).collect();
+        let dist = Uniform::new(lo, hi)
+            .map_err(|e| candle_core::Error::Msg(format!("rand_uniform: bad range [{lo}, {hi}): {e}")))?;
+        let v: Vec<f32> = (0..shape.elem_count()).map(|_| dist.sample(&mut self.inner) as f32).collect();
         Tensor::from_vec(v, shape, dev)
     }
 }
@@ -92,12 +108,62 @@ mod tests {
         assert_ne!(xa, xc);
     }
 
+    /// The reference xoshiro256** / SplitMix64 streams (Vigna's C code), as the hand-written
+    /// generator this replaced produced them: seeds and checkpoints written before keep their meaning.
     #[test]
-    fn state_round_trips() {
+    fn stream_matches_reference_xoshiro256starstar() {
+        let mut x = 42u64;
+        let mut splitmix = || {
+            x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = x;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^ (z >> 31)
+        };
+        let mut s = [splitmix(), splitmix(), splitmix(), splitmix()];
+        let mut r = Rng::new(42);
+        assert_eq!(r.state(), s);
+        for _ in 0..8 {
+            let want = s[1].wrapping_mul(5).rotate_left(7).wrapping_mul(9);
+            let t = s[1] << 17;
+            s[2] ^= s[0];
+            s[3] ^= s[1];
+            s[1] ^= s[2];
+            s[0] ^= s[3];
+            s[2] ^= t;
+            s[3] = s[3].rotate_left(45);
+            assert_eq!(r.next_u64(), want);
+        }
+        assert_eq!(r.state(), s);
+    }
+
+    #[test]
+    fn state_round_trips_after_integer_draws() {
         let mut a = Rng::new(1);
         a.next_u64();
         let mut b = Rng::from_state(a.state());
-        assert_eq!(a.next_u64(), b.next_u64());
+        assert_eq!(a, b);
+        let xa: Vec<u64> = (0..8).map(|_| a.next_u64()).collect();
+        let xb: Vec<u64> = (0..8).map(|_| b.next_u64()).collect();
+        assert_eq!(xa, xb);
+    }
+
+    /// Normal draws reject and redraw (ziggurat) but keep nothing outside the state words.
+    #[test]
+    fn state_round_trips_after_normal_and_uniform_draws() {
+        let mut a = Rng::new(2);
+        for _ in 0..1001 {
+            a.normal();
+        }
+        a.uniform();
+        a.below(10);
+        let mut b = Rng::from_state(a.state());
+        for _ in 0..1000 {
+            assert_eq!(a.normal().to_bits(), b.normal().to_bits());
+            assert_eq!(a.uniform().to_bits(), b.uniform().to_bits());
+            assert_eq!(a.below(1000), b.below(1000));
+        }
+        assert_eq!(a.state(), b.state());
     }
 
     #[test]
@@ -109,6 +175,19 @@ mod tests {
         let var = xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n as f64;
         assert!(mean.abs() < 0.01, "mean {mean}");
         assert!((var - 1.0).abs() < 0.01, "var {var}");
+    }
+
+    #[test]
+    fn uniform_and_below_stay_in_range() {
+        let mut r = Rng::new(4);
+        for _ in 0..10_000 {
+            let u = r.uniform();
+            assert!((0.0..1.0).contains(&u), "{u}");
+            assert!(r.below(7) < 7);
+        }
+        let t = r.rand_uniform(1000, -2.0, 3.0, &Device::Cpu).unwrap().to_vec1::<f32>().unwrap();
+        assert!(t.iter().all(|x| (-2.0..=3.0).contains(x)));
+        assert!(r.rand_uniform(3, 1.0, 1.0, &Device::Cpu).is_err());
     }
 
     #[test]

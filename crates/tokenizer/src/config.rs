@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 
+use gen_runtime::{Error, Result};
 use serde::{Deserialize, Serialize};
 
 /// How the frozen codebook [N, D] is mapped into the latent space (`--use_cblinear`).
@@ -98,21 +99,48 @@ impl VqConfig {
         self.attn_resolutions.contains(&(self.resolution >> l))
     }
 
-    /// Checks the numbers fit together; the message names the field at fault.
-    pub fn validate(&self) -> Result<(), String> {
-        if self.ch_mult.is_empty() || self.ch == 0 || self.num_res_blocks == 0 {
-            return Err("ch, ch_mult and num_res_blocks must be non-empty / positive".into());
+    /// Checks the numbers fit together; the error names the field at fault. Every config read from a file
+    /// or inferred from weights passes here before a layer is built.
+    pub fn validate(&self) -> Result<()> {
+        let positive = [
+            ("ch", self.ch),
+            ("num_res_blocks", self.num_res_blocks),
+            ("resolution", self.resolution),
+            ("in_channels", self.in_channels),
+            ("out_ch", self.out_ch),
+            ("z_channels", self.z_channels),
+            ("embed_dim", self.embed_dim),
+            ("codebook_size", self.codebook_size),
+            ("codebook_dim", self.codebook_dim),
+        ];
+        if let Some((field, _)) = positive.iter().find(|(_, v)| *v == 0) {
+            return Err(Error::config(*field, "must be at least 1"));
         }
-        if self.ch % 32 != 0 || self.ch_mult.iter().any(|m| (self.ch * m) % 32 != 0) {
-            return Err(format!("ch {} × ch_mult {:?} must be multiples of 32 (GroupNorm(32))", self.ch, self.ch_mult));
+        if self.ch_mult.is_empty() || self.ch_mult.len() > MAX_LEVELS || self.ch_mult.contains(&0) {
+            return Err(Error::config(
+                "ch_mult",
+                format!("{:?} must hold 1 to {MAX_LEVELS} positive multipliers", self.ch_mult),
+            ));
         }
-        if self.resolution % self.factor() != 0 {
-            return Err(format!("resolution {} is not divisible by {}", self.resolution, self.factor()));
+        if !self.ch.is_multiple_of(32) || self.ch_mult.iter().any(|m| !(self.ch * m).is_multiple_of(32)) {
+            return Err(Error::config(
+                "ch",
+                format!("{} × ch_mult {:?} must be multiples of 32 (GroupNorm(32))", self.ch, self.ch_mult),
+            ));
+        }
+        if !self.resolution.is_multiple_of(self.factor()) {
+            return Err(Error::config(
+                "resolution",
+                format!("{} is not a multiple of the downsampling factor {}", self.resolution, self.factor()),
+            ));
+        }
+        if let Projector::Mlp { hidden: 0 } = self.projector {
+            return Err(Error::config("projector.hidden", "must be at least 1"));
         }
         if self.projector == Projector::None && self.codebook_dim != self.embed_dim {
-            return Err(format!(
-                "codebook dim {} differs from embed_dim {} and there is no projector",
-                self.codebook_dim, self.embed_dim
+            return Err(Error::config(
+                "codebook_dim",
+                format!("{} differs from embed_dim {} and there is no projector", self.codebook_dim, self.embed_dim),
             ));
         }
         Ok(())
@@ -120,31 +148,50 @@ impl VqConfig {
 
     /// Reads the architecture off an official state dict (names → shapes). `resolution` is not stored in
     /// the weights: pass the training `image_size` (the `.pth` `args` has it), else the official 256.
-    pub fn infer(shapes: &HashMap<String, Vec<usize>>, resolution: usize) -> Result<Self, String> {
-        let get = |k: &str| shapes.get(k).ok_or_else(|| format!("missing key '{k}'"));
-        let conv_in = get("encoder.conv_in.weight")?;
+    /// Every shape is checked for its rank and for zero sizes before it is used.
+    pub fn infer(shapes: &HashMap<String, Vec<usize>>, resolution: usize) -> Result<Self> {
+        let get = |k: &str, rank: usize| -> Result<&[usize]> {
+            let s = shapes.get(k).ok_or_else(|| Error::config(k, "missing from the weights"))?;
+            if s.len() != rank || s.contains(&0) {
+                return Err(Error::config(k, format!("has shape {s:?}, expected {rank} non-zero dimensions")));
+            }
+            Ok(s)
+        };
+        let conv_in = get("encoder.conv_in.weight", 4)?;
         let (ch, in_channels) = (conv_in[0], conv_in[1]);
-        let levels =
-            (0..).take_while(|l| shapes.contains_key(&format!("encoder.down.{l}.block.0.conv1.weight"))).count();
-        if levels == 0 {
-            return Err("missing key 'encoder.down.0.block.0.conv1.weight'".into());
+        let levels = (0..MAX_LEVELS + 1)
+            .take_while(|l| shapes.contains_key(&format!("encoder.down.{l}.block.0.conv1.weight")))
+            .count();
+        if levels == 0 || levels > MAX_LEVELS {
+            return Err(Error::config(
+                "encoder.down",
+                format!("found {levels} levels ('encoder.down.<l>.block.0.conv1.weight'), expected 1 to {MAX_LEVELS}"),
+            ));
         }
         let ch_mult = (0..levels)
-            .map(|l| get(&format!("encoder.down.{l}.block.0.conv2.weight")).map(|s| s[0] / ch))
-            .collect::<Result<Vec<_>, _>>()?;
+            .map(|l| {
+                let key = format!("encoder.down.{l}.block.0.conv2.weight");
+                let width = get(&key, 4)?[0];
+                if !width.is_multiple_of(ch) {
+                    return Err(Error::config(key, format!("width {width} is not a multiple of ch {ch}")));
+                }
+                Ok(width / ch)
+            })
+            .collect::<Result<Vec<_>>>()?;
         let num_res_blocks =
             (0..).take_while(|i| shapes.contains_key(&format!("encoder.down.0.block.{i}.conv1.weight"))).count();
         let attn_resolutions = (0..levels)
             .filter(|l| shapes.contains_key(&format!("encoder.down.{l}.attn.0.q.weight")))
             .map(|l| resolution >> l)
             .collect();
-        let quant_conv = get("quant_conv.weight")?;
+        let quant_conv = get("quant_conv.weight", 4)?;
         let (embed_dim, z_channels) = (quant_conv[0], quant_conv[1]);
-        let cb = get("tok_embeddings.weight")?;
+        let cb = get("tok_embeddings.weight", 2)?;
         let projector = if shapes.contains_key("codebook_projection.weight") {
+            get("codebook_projection.weight", 2)?;
             Projector::Linear
-        } else if let Some(s) = shapes.get("codebook_projection.0.weight") {
-            Projector::Mlp { hidden: s[0] }
+        } else if shapes.contains_key("codebook_projection.0.weight") {
+            Projector::Mlp { hidden: get("codebook_projection.0.weight", 2)?[0] }
         } else {
             Projector::None
         };
@@ -156,7 +203,7 @@ impl VqConfig {
             attn_resolutions,
             resolution,
             in_channels,
-            out_ch: get("decoder.conv_out.weight")?[0],
+            out_ch: get("decoder.conv_out.weight", 4)?[0],
             z_channels,
             embed_dim,
             codebook_size: cb[0],
@@ -168,6 +215,9 @@ impl VqConfig {
         Ok(cfg)
     }
 }
+
+/// More levels than this would downsample by more than 2^11; no config comes close.
+const MAX_LEVELS: usize = 12;
 
 #[cfg(test)]
 mod tests {
@@ -187,6 +237,61 @@ mod tests {
         let c = VqConfig::f8();
         assert_eq!(c.latent_size(), 32);
         assert!((0..c.num_levels()).all(|l| !c.attn_at_level(l)));
+    }
+
+    fn official_shapes() -> HashMap<String, Vec<usize>> {
+        let mut s = HashMap::new();
+        s.insert("encoder.conv_in.weight".to_string(), vec![32, 3, 3, 3]);
+        s.insert("encoder.down.0.block.0.conv1.weight".to_string(), vec![32, 32, 3, 3]);
+        s.insert("encoder.down.0.block.0.conv2.weight".to_string(), vec![32, 32, 3, 3]);
+        s.insert("quant_conv.weight".to_string(), vec![8, 32, 1, 1]);
+        s.insert("tok_embeddings.weight".to_string(), vec![100, 16]);
+        s.insert("codebook_projection.weight".to_string(), vec![8, 16]);
+        s.insert("decoder.conv_out.weight".to_string(), vec![3, 32, 3, 3]);
+        s
+    }
+
+    #[test]
+    fn inferring_from_well_formed_shapes_works() {
+        let c = VqConfig::infer(&official_shapes(), 64).unwrap();
+        assert_eq!((c.ch, c.ch_mult.clone(), c.embed_dim, c.codebook_size), (32, vec![1], 8, 100));
+    }
+
+    #[test]
+    fn inferring_from_crafted_shapes_is_an_error_naming_the_key_not_a_panic() {
+        let cases: [(&str, Vec<usize>, &str); 6] = [
+            ("encoder.conv_in.weight", vec![32], "encoder.conv_in.weight: has shape [32]"),
+            ("encoder.conv_in.weight", vec![0, 3, 3, 3], "encoder.conv_in.weight: has shape [0, 3, 3, 3]"),
+            ("encoder.down.0.block.0.conv2.weight", vec![48, 32, 3, 3], "not a multiple of ch 32"),
+            ("tok_embeddings.weight", vec![100], "tok_embeddings.weight: has shape [100]"),
+            ("codebook_projection.weight", vec![8], "codebook_projection.weight: has shape [8]"),
+            ("quant_conv.weight", vec![0, 32, 1, 1], "quant_conv.weight"),
+        ];
+        for (key, shape, needle) in cases {
+            let mut s = official_shapes();
+            s.insert(key.to_string(), shape);
+            let e = VqConfig::infer(&s, 64).unwrap_err().to_string();
+            assert!(e.contains(needle), "{key}: {e}");
+        }
+        let mut s = official_shapes();
+        s.remove("quant_conv.weight");
+        assert!(VqConfig::infer(&s, 64).unwrap_err().to_string().contains("quant_conv.weight"));
+    }
+
+    #[test]
+    fn validation_names_the_field_at_fault() {
+        let cases = [
+            (VqConfig { resolution: 0, ..VqConfig::f16() }, "resolution: must be at least 1"),
+            (VqConfig { resolution: 100, ..VqConfig::f16() }, "resolution: 100 is not a multiple"),
+            (VqConfig { ch_mult: vec![1; 70], ..VqConfig::f16() }, "ch_mult"),
+            (VqConfig { ch_mult: vec![1, 0], ..VqConfig::f16() }, "ch_mult"),
+            (VqConfig { codebook_size: 0, ..VqConfig::f16() }, "codebook_size"),
+            (VqConfig { projector: Projector::Mlp { hidden: 0 }, ..VqConfig::f16() }, "projector.hidden"),
+        ];
+        for (cfg, needle) in cases {
+            let e = cfg.validate().unwrap_err().to_string();
+            assert!(e.contains(needle), "{e}");
+        }
     }
 
     #[test]

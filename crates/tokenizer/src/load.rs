@@ -7,23 +7,13 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 use gen_nn::Weights;
+use gen_runtime::model_dir::{ModelDir, ModelKind, NewModelDir};
 use gen_runtime::pth::{PthFile, PthValue};
 use gen_runtime::{io, Error, Result};
-use serde::{Deserialize, Serialize};
 
 use crate::config::VqConfig;
 use crate::model::VqModel;
 use crate::quantizer::lc::PROJECTED_KEY;
-
-pub const FORMAT_VERSION: u32 = 1;
-
-/// `config.toml` of a tokenizer model folder.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct TokenizerDirConfig {
-    pub kind: String,
-    pub format_version: u32,
-    pub tokenizer: VqConfig,
-}
 
 /// Where the weights came from and what they hold, before a model is built.
 pub struct TokenizerWeights {
@@ -32,19 +22,41 @@ pub struct TokenizerWeights {
     pub tensors: HashMap<String, Tensor>,
 }
 
+/// The frozen codebook [N, D]: a bare tensor `.pth` (`codebook-100K.pth`) or a safetensors file with
+/// exactly one tensor.
 fn read_codebook(path: &Path) -> Result<Tensor> {
-    if path.extension().is_some_and(|e| e == "safetensors") {
-        let t = io::load_safetensors(path, &Device::Cpu)?;
-        if t.len() != 1 {
-            return Err(Error::format(path, format!("expected one codebook tensor [N, D], found {} tensors", t.len())));
+    let t = if path.extension().is_some_and(|e| e == "safetensors") {
+        let mut all = io::load_safetensors(path, &Device::Cpu)?;
+        if all.len() != 1 {
+            let mut names: Vec<String> = all.keys().cloned().collect();
+            names.sort();
+            return Err(Error::format(
+                path,
+                format!("expected one codebook tensor [N, D], found {} tensors ({})", all.len(), names.join(", ")),
+            ));
         }
-        return Ok(t.into_values().next().expect("one tensor"));
-    }
-    let t = PthFile::open(path)?.bare_tensor()?;
-    if t.rank() != 2 {
+        let name = all.keys().next().cloned().unwrap_or_default();
+        all.remove(&name).ok_or_else(|| Error::format(path, "holds no tensor"))?
+    } else {
+        PthFile::open(path)?.bare_tensor()?
+    };
+    if t.rank() != 2 || t.dims().contains(&0) {
         return Err(Error::format(path, format!("codebook must be a 2-D tensor [N, D], found shape {:?}", t.dims())));
     }
     Ok(t)
+}
+
+/// The input width of the projector stored with the weights, if any (checked to be a matrix).
+fn projector_input_dim(source: &Path, tensors: &HashMap<String, Tensor>) -> Result<Option<usize>> {
+    for key in ["codebook_projection.weight", "codebook_projection.0.weight"] {
+        if let Some(w) = tensors.get(key) {
+            return match w.dims() {
+                &[_, d] => Ok(Some(d)),
+                dims => Err(Error::format(source, format!("tensor '{key}' has shape {dims:?}, expected [out, in]"))),
+            };
+        }
+    }
+    Ok(None)
 }
 
 /// `args.image_size` of an official checkpoint, if present.
@@ -65,15 +77,10 @@ pub fn read_weights(path: &Path, codebook: Option<&Path>, resolution: Option<usi
         return Err(Error::io(path, std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or folder")));
     }
     let (source, mut tensors, dir_config, hint) = if path.is_dir() {
-        let cfg_path = path.join("config.toml");
-        let text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
-        let cfg: TokenizerDirConfig =
-            toml::from_str(&text).map_err(|e| Error::format(&cfg_path, e.to_string().replace('\n', " ")))?;
-        if cfg.kind != "tokenizer" {
-            return Err(Error::format(&cfg_path, format!("kind is '{}', expected 'tokenizer'", cfg.kind)));
-        }
-        let st = path.join("model.safetensors");
-        (st.clone(), io::load_safetensors(&st, &Device::Cpu)?, Some(cfg.tokenizer), None)
+        let dir = ModelDir::open(path, ModelKind::Tokenizer)?;
+        let cfg: VqConfig = dir.architecture()?;
+        cfg.validate().map_err(|e| e.at(&dir.config_path()))?;
+        (dir.weights_path(), dir.load_weights()?, Some(cfg), None)
     } else if path.extension().is_some_and(|e| e == "safetensors") {
         (path.to_path_buf(), io::load_safetensors(path, &Device::Cpu)?, None, None)
     } else {
@@ -85,11 +92,7 @@ pub fn read_weights(path: &Path, codebook: Option<&Path>, resolution: Option<usi
     if let Some(cb_path) = codebook {
         let cb = read_codebook(cb_path)?;
         let d = cb.dim(1)?;
-        let proj_in = tensors
-            .get("codebook_projection.weight")
-            .or_else(|| tensors.get("codebook_projection.0.weight"))
-            .map(|w| w.dims()[1]);
-        if let Some(want) = proj_in {
+        if let Some(want) = projector_input_dim(&source, &tensors)? {
             if want != d {
                 return Err(Error::format(
                     cb_path,
@@ -112,10 +115,7 @@ pub fn read_weights(path: &Path, codebook: Option<&Path>, resolution: Option<usi
         });
     }
     let config = match dir_config {
-        Some(c) => {
-            c.validate().map_err(|m| Error::format(path.join("config.toml"), m))?;
-            c
-        }
+        Some(c) => c,
         None => {
             let mut shapes: HashMap<String, Vec<usize>> =
                 tensors.iter().map(|(k, t)| (k.clone(), t.dims().to_vec())).collect();
@@ -125,32 +125,38 @@ pub fn read_weights(path: &Path, codebook: Option<&Path>, resolution: Option<usi
                 }
             }
             let res = resolution.or(hint).unwrap_or(256);
-            VqConfig::infer(&shapes, res).map_err(|m| Error::format(&source, m))?
+            VqConfig::infer(&shapes, res).map_err(|e| blame_resolution(e, resolution, &source))?
         }
     };
     let config = match resolution {
-        Some(r) => VqConfig { resolution: r, ..config },
+        Some(r) => {
+            let config = VqConfig { resolution: r, ..config };
+            config.validate().map_err(|e| blame_resolution(e, resolution, &source))?;
+            config
+        }
         None => config,
     };
     Ok(TokenizerWeights { source, config, tensors })
+}
+
+/// A resolution that does not fit the model is the `--resolution` the user gave, when they gave one;
+/// any other config error is the file's.
+fn blame_resolution(e: Error, given: Option<usize>, source: &Path) -> Error {
+    match (e, given) {
+        (Error::Config { field, msg, .. }, Some(r)) if field == "resolution" => {
+            Error::invalid(format!("--resolution {r}: {msg}"))
+        }
+        (e, _) => e.at(source),
+    }
 }
 
 impl TokenizerWeights {
     /// Builds the model; every missing key or wrong shape is an error naming the file, key and shapes.
     pub fn build(&self, dtype: DType, dev: &Device) -> Result<(VqModel, Weights)> {
         let weights = Weights::new(self.source.display().to_string(), self.tensors.clone());
-        let model = VqModel::new(weights.var_builder(dtype, dev), &self.config).map_err(candle_to_error)?;
+        let model = VqModel::new(weights.var_builder(dtype, dev), &self.config)?;
         Ok((model, weights))
     }
-}
-
-/// Candle errors from our weight backend already name the file and key; keep their message on one line.
-pub fn candle_to_error(e: candle_core::Error) -> Error {
-    let msg = match &e {
-        candle_core::Error::WithBacktrace { inner, .. } => inner.to_string(),
-        _ => e.to_string(),
-    };
-    Error::Invalid(msg.lines().next().unwrap_or_default().to_string())
 }
 
 /// Loads a tokenizer for inference: the projected codebook is computed once.
@@ -163,7 +169,7 @@ pub fn load_tokenizer(
 ) -> Result<VqModel> {
     let w = read_weights(path, codebook, resolution)?;
     let (mut model, _) = w.build(dtype, dev)?;
-    model.quantizer.freeze_projection().map_err(candle_to_error)?;
+    model.quantizer.freeze_projection()?;
     Ok(model)
 }
 
@@ -172,19 +178,12 @@ pub fn load_tokenizer(
 /// raw codebook (inference-only folder: 100k × 768 f32 is 300 MB). Returns the tensor count written.
 pub fn write_model_dir(w: &TokenizerWeights, out: &Path, keep_codebook: bool, note: &str) -> Result<usize> {
     let (mut model, weights) = w.build(DType::F32, &Device::Cpu)?;
-    model.quantizer.freeze_projection().map_err(candle_to_error)?;
-    let projected = model.quantizer.codebook().map_err(candle_to_error)?;
+    model.quantizer.freeze_projection()?;
+    let projected = model.quantizer.codebook()?;
     let mut names = weights.names_used();
     names.retain(|n| n != PROJECTED_KEY && (keep_codebook || n != "tok_embeddings.weight"));
     let mut out_tensors: Vec<(String, Tensor)> = names.iter().map(|n| (n.clone(), w.tensors[n].clone())).collect();
     out_tensors.push((PROJECTED_KEY.to_string(), projected));
-    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
-    let meta = HashMap::from([("format".to_string(), "gen-tokenizer".to_string())]);
-    io::save_safetensors(&out.join("model.safetensors"), &out_tensors, Some(meta))?;
-    let cfg =
-        TokenizerDirConfig { kind: "tokenizer".into(), format_version: FORMAT_VERSION, tokenizer: w.config.clone() };
-    let text = toml::to_string(&cfg).map_err(|e| Error::Invalid(format!("cannot write config.toml: {e}")))?;
-    io::write_atomic(&out.join("config.toml"), text.as_bytes())?;
     let c = &w.config;
     let card = format!(
         "# VQGAN-LC tokenizer\n\nConverted by `gen convert` from `{}`.\n\n- resolution {}², latent {}×{}, embed_dim {}\n\
@@ -203,6 +202,14 @@ pub fn write_model_dir(w: &TokenizerWeights, out: &Path, keep_codebook: bool, no
         c.attn_resolutions,
         note
     );
-    io::write_atomic(&out.join("MODEL_CARD.md"), card.as_bytes())?;
+    NewModelDir {
+        kind: ModelKind::Tokenizer,
+        architecture: c,
+        extra: vec![],
+        tensors: &out_tensors,
+        metadata: HashMap::from([("format".to_string(), "gen-tokenizer".to_string())]),
+        card,
+    }
+    .write(out)?;
     Ok(out_tensors.len())
 }

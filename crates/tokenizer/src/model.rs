@@ -24,7 +24,7 @@ impl VqModel {
         if config.quantizer == QuantizerKind::Ema {
             candle_core::bail!("EMA-quantizer checkpoints are not supported by VqModel (use quantizer::EmaQuantizer)");
         }
-        config.validate().map_err(candle_core::Error::Msg)?;
+        config.validate().map_err(gen_runtime::Error::into_candle)?;
         Ok(VqModel {
             config: config.clone(),
             encoder: Encoder::new(vb.pp("encoder"), config)?,

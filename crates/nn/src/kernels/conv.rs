@@ -1,7 +1,7 @@
 //! Conv2d for the CPU as Candle CustomOps, forward and both gradients, through tiled im2col + GEMM.
 //!
-//! Candle's forward is 2.3× slower than torch and its backward 6.5× (the input gradient goes through
-//! `conv_transpose2d`). Here all three products are GEMMs over an im2col tile of at most `COL_BYTES`:
+//! Candle's conv is well behind torch's, its backward most of all (the input gradient goes through
+//! `conv_transpose2d`; CANDLE-NOTES §4). Here all three products are GEMMs over an im2col tile of at most `COL_BYTES`:
 //! y = W·col (+b), dW = Σ dY·colᵀ, dcol = Wᵀ·dY scattered back by col2im. 1×1 stride-1 convs skip im2col.
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
@@ -303,8 +303,11 @@ mod tests {
     use candle_core::{Device, Var};
     use gen_runtime::Rng;
 
-    /// (input shape, kernel h, kernel w, cout, stride, padding): every shape the models use.
-    const CASES: &[([usize; 4], usize, usize, usize, usize, (usize, usize))] = &[
+    /// (input shape, kernel h, kernel w, cout, stride, padding).
+    type Case = ([usize; 4], usize, usize, usize, usize, (usize, usize));
+
+    /// Every conv shape the models use.
+    const CASES: &[Case] = &[
         ([2, 5, 7, 6], 3, 3, 4, 1, (1, 1)),  // 3×3 s1 p1, non-square
         ([1, 4, 8, 8], 3, 3, 3, 2, (0, 0)),  // 3×3 s2 after the taming pad
         ([3, 6, 5, 4], 1, 1, 7, 1, (0, 0)),  // 1×1

@@ -3,32 +3,32 @@
 //!
 //! With the `openblas` feature (the default of the `gen` package; `apt-get install libopenblas-dev`),
 //! calls whose operands have a unit stride on one side go to the system OpenBLAS (`cblas_sgemm` /
-//! `cblas_dgemm`): on this machine it ran our conv tap shape (128×4222×128) twice as fast as the `gemm`
-//! crate (BENCHMARKS.md). Everything else, and every call when built without the feature or run with
-//! `GEN_GEMM=rust`, goes to the pure-Rust `gemm` crate (what Candle uses) on the rayon threads.
+//! `cblas_dgemm`), which was the faster of the two on our conv shapes (BENCHMARKS.md). Everything else,
+//! and every call when built without the feature or run with `GEN_GEMM=rust`, goes to the pure-Rust
+//! `gemm` crate (what Candle uses) on the rayon threads.
 
 use gemm::Parallelism;
 
 /// A strided matrix view: element (r, c) is at `ptr + r·rs + c·cs`.
 #[derive(Clone, Copy)]
-pub struct Mat<T> {
-    pub ptr: *const T,
-    pub rs: isize,
-    pub cs: isize,
+pub(crate) struct Mat<T> {
+    pub(crate) ptr: *const T,
+    pub(crate) rs: isize,
+    pub(crate) cs: isize,
 }
 
 impl<T> Mat<T> {
     /// Row-major with `cols` elements per row.
-    pub fn row_major(s: &[T], cols: usize) -> Self {
+    pub(crate) fn row_major(s: &[T], cols: usize) -> Self {
         Mat { ptr: s.as_ptr(), rs: cols as isize, cs: 1 }
     }
     /// The transpose of a row-major matrix with `cols` elements per row.
-    pub fn transposed(s: &[T], cols: usize) -> Self {
+    pub(crate) fn transposed(s: &[T], cols: usize) -> Self {
         Mat { ptr: s.as_ptr(), rs: 1, cs: cols as isize }
     }
 }
 
-pub fn parallelism() -> Parallelism {
+fn parallelism() -> Parallelism {
     match rayon::current_num_threads() {
         1 => Parallelism::None,
         n => Parallelism::Rayon(n),
@@ -39,7 +39,8 @@ pub fn parallelism() -> Parallelism {
 ///
 /// # Safety
 /// Every view must address valid memory for its shape; `dst` must not alias `lhs`/`rhs`.
-pub unsafe fn gemm<T: 'static + super::real::Real>(
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn gemm<T: 'static + super::real::Real>(
     m: usize,
     n: usize,
     k: usize,
@@ -65,7 +66,7 @@ pub unsafe fn gemm<T: 'static + super::real::Real>(
 /// # Safety
 /// As [`gemm`].
 #[allow(clippy::too_many_arguments)]
-pub unsafe fn rust_gemm<T: 'static + super::real::Real>(
+unsafe fn rust_gemm<T: 'static + super::real::Real>(
     m: usize,
     n: usize,
     k: usize,

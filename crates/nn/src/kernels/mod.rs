@@ -29,22 +29,23 @@ macro_rules! dispatch {
     };
 }
 
-pub mod conv;
-pub mod conv_s1;
+pub(crate) mod conv;
+pub(crate) mod conv_s1;
+/// Only the two dense GEMMs `gen bench` times are public; the strided GEMM the kernels use is not.
 pub mod gemm;
-pub mod group_norm;
-pub mod pool;
-pub mod real;
-pub mod reference;
-pub mod rows;
-pub mod simd;
+pub(crate) mod group_norm;
+pub(crate) mod pool;
+pub(crate) mod real;
+pub(crate) mod reference;
+pub(crate) mod rows;
+pub(crate) mod simd;
 #[cfg(test)]
 mod tests;
 
 use candle_core::{Result, Tensor};
 
 pub use pool::max_pool2d;
-pub use rows::{layer_norm, softmax_last_dim};
+pub use rows::{layer_norm, softmax_last_dim, softmax_last_dim_causal};
 
 /// `conv2d(x, w) + b` with symmetric zero padding.
 pub fn conv2d(x: &Tensor, w: &Tensor, b: Option<&Tensor>, stride: usize, padding: usize) -> Result<Tensor> {

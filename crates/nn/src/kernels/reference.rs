@@ -3,6 +3,7 @@
 
 use candle_core::{DType, Result, Tensor, D};
 
+#[cfg(test)]
 pub fn conv2d(x: &Tensor, w: &Tensor, b: Option<&Tensor>, stride: usize, padding: usize) -> Result<Tensor> {
     conv2d_hw(x, w, b, stride, (padding, padding))
 }
@@ -42,4 +43,17 @@ pub fn group_norm(x: &Tensor, w: &Tensor, b: &Tensor, groups: usize, eps: f64, s
         .broadcast_add(&b.to_dtype(DType::F32)?.reshape(shape.as_slice())?)?;
     let y = if silu { candle_nn::ops::silu(&y)? } else { y };
     y.to_dtype(dtype)
+}
+
+/// Causal softmax over scores [.., Tq, Tk]: keys j > i + offset of query i are set to −∞ before
+/// `softmax` (whose exp gives exactly 0 there), so they get weight 0 and gradient 0.
+pub fn softmax_last_dim_causal(x: &Tensor, offset: usize) -> Result<Tensor> {
+    let (tq, tk) = match x.dims() {
+        [.., tq, tk] => (*tq, *tk),
+        d => candle_core::bail!("causal softmax: scores must be [.., Tq, Tk], got {d:?}"),
+    };
+    let visible: Vec<u8> = (0..tq).flat_map(|i| (0..tk).map(move |j| u8::from(j <= i + offset))).collect();
+    let visible = Tensor::from_vec(visible, (tq, tk), x.device())?.broadcast_as(x.shape())?;
+    let hidden = Tensor::new(f32::NEG_INFINITY, x.device())?.to_dtype(x.dtype())?.broadcast_as(x.shape())?;
+    candle_nn::ops::softmax(&visible.where_cond(x, &hidden)?, D::Minus1)
 }

@@ -1,4 +1,4 @@
-//! Row-wise ops over the last dimension, with gradients: softmax and LayerNorm.
+//! Row-wise ops over the last dimension, with gradients: softmax, causal (masked) softmax and LayerNorm.
 //!
 //! Candle's fused `softmax_last_dim` and `layer_norm` have no backward (the input silently gets no
 //! gradient) and its composed versions are several times slower. These run one rayon task per block of
@@ -12,20 +12,23 @@ use super::real::Real;
 /// softmax over the last dimension.
 pub struct Softmax;
 
+/// `yr = softmax(xr)` for one non-empty row.
+fn softmax_row<T: Real + PartialOrd>(xr: &[T], yr: &mut [T]) {
+    let m = xr.iter().copied().fold(xr[0], |a, b| if b > a { b } else { a });
+    for (yv, &xv) in yr.iter_mut().zip(xr) {
+        *yv = xv - m;
+    }
+    T::exp_in_place(yr);
+    let inv = T::from_f64(1.0 / T::sum(yr));
+    for v in yr.iter_mut() {
+        *v = *v * inv;
+    }
+}
+
 impl Softmax {
     fn run<T: Real + PartialOrd>(x: &[T], d: usize) -> Vec<T> {
         let mut y = vec![T::default(); x.len()];
-        y.par_chunks_mut(d).zip(x.par_chunks(d)).for_each(|(yr, xr)| {
-            let m = xr.iter().copied().fold(xr[0], |a, b| if b > a { b } else { a });
-            for (yv, &xv) in yr.iter_mut().zip(xr) {
-                *yv = xv - m;
-            }
-            T::exp_in_place(yr);
-            let inv = T::from_f64(1.0 / T::sum(yr));
-            for v in yr.iter_mut() {
-                *v = *v * inv;
-            }
-        });
+        y.par_chunks_mut(d.max(1)).zip(x.par_chunks(d.max(1))).for_each(|(yr, xr)| softmax_row(xr, yr));
         y
     }
 }
@@ -43,6 +46,48 @@ impl CustomOp1 for Softmax {
         // dx = y ⊙ (dy − Σ dy⊙y)
         let s = (dy * y)?.sum_keepdim(D::Minus1)?;
         Ok(Some((y * dy.broadcast_sub(&s)?)?))
+    }
+}
+
+/// softmax over the last dimension of scores [.., Tq, Tk] in which query i sees only keys j ≤ i + offset
+/// (causal attention; `offset` is the number of keys before the first query, e.g. the cached length).
+/// The weights of the other keys are exactly 0, and so is their gradient.
+pub struct CausalSoftmax {
+    pub offset: usize,
+}
+
+impl CausalSoftmax {
+    fn run<T: Real + PartialOrd>(&self, x: &[T], tq: usize, tk: usize) -> Vec<T> {
+        let mut y = vec![T::default(); x.len()];
+        y.par_chunks_mut(tk.max(1)).zip(x.par_chunks(tk.max(1))).enumerate().for_each(|(r, (yr, xr))| {
+            let seen = (r % tq + self.offset + 1).min(tk);
+            softmax_row(&xr[..seen], &mut yr[..seen]); // the rest stays 0
+        });
+        y
+    }
+}
+
+impl CustomOp1 for CausalSoftmax {
+    fn name(&self) -> &'static str {
+        "gen-causal-softmax"
+    }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (tq, tk) = query_key_dims(l.dims())?;
+        let out = dispatch!(self.name(), (s, l) => |x| self.run(x, tq, tk));
+        Ok((out, l.shape().clone()))
+    }
+    fn bwd(&self, _x: &Tensor, y: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
+        // as softmax: dx = y ⊙ (dy − Σ dy⊙y), which is 0 where y is
+        let s = (dy * y)?.sum_keepdim(D::Minus1)?;
+        Ok(Some((y * dy.broadcast_sub(&s)?)?))
+    }
+}
+
+/// (Tq, Tk): the last two dimensions of attention scores.
+fn query_key_dims(dims: &[usize]) -> Result<(usize, usize)> {
+    match dims {
+        [.., tq, tk] => Ok((*tq, *tk)),
+        _ => candle_core::bail!("causal softmax: scores must be [.., Tq, Tk], got {dims:?}"),
     }
 }
 
@@ -113,6 +158,16 @@ pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
         return x.contiguous()?.apply_op1(Softmax);
     }
     candle_nn::ops::softmax(x, D::Minus1)
+}
+
+/// Causal softmax of attention scores [.., Tq, Tk] (query i sees keys j ≤ i + offset, the others get
+/// weight exactly 0), with gradient; fused on CPU f32/f64.
+pub fn softmax_last_dim_causal(x: &Tensor, offset: usize) -> Result<Tensor> {
+    query_key_dims(x.dims())?;
+    if x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64) {
+        return x.contiguous()?.apply_op1(CausalSoftmax { offset });
+    }
+    super::reference::softmax_last_dim_causal(x, offset)
 }
 
 /// LayerNorm over the last dimension, with gradient; fused on CPU f32/f64.

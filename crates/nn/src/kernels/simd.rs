@@ -1,5 +1,6 @@
 //! Small numeric helpers written so the compiler vectorises them: fixed-width lane accumulators, and an
-//! `exp` that is a polynomial (libm's `expf` is a scalar call per element and made SiLU 6× slower).
+//! `exp` that is a polynomial (libm's `expf` is a scalar call per element, which keeps SiLU from
+//! vectorising).
 
 /// Σ f(x) as f64: f32 lane sums over short blocks, blocks added in f64 (accurate, and vectorised).
 #[inline(always)]

@@ -1,4 +1,5 @@
-//! Gradchecks and reference agreement for the row ops, max-pooling and nearest upsampling.
+//! Gradchecks and reference agreement for the row ops (softmax, causal softmax, LayerNorm), max-pooling
+//! and nearest upsampling.
 
 use candle_core::{DType, Device, Tensor, Var, D};
 use gen_runtime::Rng;
@@ -18,11 +19,50 @@ fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
 fn softmax_gradcheck_and_matches_candle() {
     let mut r = Rng::new(1);
     let x = randn(&mut r, &[3, 4, 7], DType::F64);
-    let err = gradcheck(&|t| super::softmax_last_dim(&t[0]), &[x.clone()], 1e-6, 200).unwrap();
+    let err = gradcheck(&|t| super::softmax_last_dim(&t[0]), std::slice::from_ref(&x), 1e-6, 200).unwrap();
     assert!(err < 1e-7, "{err}");
     let x32 = randn(&mut r, &[5, 33], DType::F32);
     let d = max_diff(&super::softmax_last_dim(&x32).unwrap(), &candle_nn::ops::softmax(&x32, D::Minus1).unwrap());
     assert!(d < 1e-6, "{d}");
+}
+
+#[test]
+fn causal_softmax_gradcheck_and_matches_masked_composition() {
+    let mut r = Rng::new(6);
+    for offset in [0, 2] {
+        let x = randn(&mut r, &[2, 4, 6], DType::F64);
+        let err = gradcheck(&|t| super::softmax_last_dim_causal(&t[0], offset), &[x], 1e-6, 200).unwrap();
+        assert!(err < 1e-7, "offset {offset}: {err}");
+        let x32 = randn(&mut r, &[3, 5, 9], DType::F32);
+        let fused = super::softmax_last_dim_causal(&x32, offset).unwrap();
+        let d = max_diff(&fused, &super::reference::softmax_last_dim_causal(&x32, offset).unwrap());
+        assert!(d < 1e-6, "offset {offset}: {d}");
+    }
+}
+
+#[test]
+fn causal_softmax_gives_exactly_zero_weight_to_future_keys() {
+    let mut r = Rng::new(7);
+    for dtype in [DType::F32, DType::F64] {
+        for offset in [0, 2] {
+            let x = randn(&mut r, &[2, 4, 6], dtype);
+            let fused = super::softmax_last_dim_causal(&x, offset).unwrap();
+            let composed = super::reference::softmax_last_dim_causal(&x, offset).unwrap();
+            for y in [fused, composed] {
+                let y = y.to_dtype(DType::F64).unwrap().to_vec3::<f64>().unwrap();
+                for (i, j) in (0..4).flat_map(|i| (0..6).map(move |j| (i, j))) {
+                    let w = y[1][i][j];
+                    if j > i + offset {
+                        assert_eq!(w, 0.0, "{dtype:?} offset {offset}: query {i} sees future key {j}");
+                    } else {
+                        assert!(w > 0.0, "{dtype:?} offset {offset}: query {i} misses key {j}");
+                    }
+                }
+                let row: f64 = y[0][1].iter().sum();
+                assert!((row - 1.0).abs() < 1e-6, "{row}");
+            }
+        }
+    }
 }
 
 #[test]

@@ -10,14 +10,17 @@ use std::path::Path;
 use std::rc::Rc;
 use zip::{CompressionMethod, ZipArchive};
 
+use super::zip_guard;
+
 const LEGACY: &str = "legacy (pre-1.6, non-zip) torch.save format is not supported; re-save it with PyTorch >= 1.6: \
                       torch.save(torch.load(f), f2)";
 
 /// Deflate cannot expand data more than ~1032:1; an entry claiming more is lying about its size.
 const MAX_DEFLATE_RATIO: u64 = 1100;
 
-/// Tensors may read at most this many storage bytes per byte of file, plus `OUTPUT_SLACK`: real checkpoints read
-/// each storage about once, while a hostile pickle could rebuild one big storage again and again.
+/// Entries (`data.pkl` and storages) may yield at most this many bytes per byte of file, plus `OUTPUT_SLACK`:
+/// real checkpoints read each storage about once, while a hostile pickle could rebuild one big storage again
+/// and again, and a deflated entry could expand a thousandfold.
 const OUTPUT_PER_FILE_BYTE: u64 = 4;
 const OUTPUT_SLACK: u64 = 64 << 20;
 
@@ -29,20 +32,28 @@ pub(super) struct Archive {
     big_endian: bool,
     /// The last storage read: consecutive tensors often view one storage, which is then read once.
     last: Option<(String, Rc<Vec<u8>>)>,
-    /// Storage bytes that tensors may still read (see `OUTPUT_PER_FILE_BYTE`).
+    /// Bytes that entries may still yield (see `OUTPUT_PER_FILE_BYTE`).
     output_left: u64,
+    /// The file's real length: no entry is trusted to hold more than it.
+    file_len: u64,
 }
 
 impl Archive {
     /// Opens the zip and returns it with the bytes of its `data.pkl`.
     pub fn open(path: &Path) -> Result<(Archive, Vec<u8>)> {
-        let fmt = |msg: String| Error::format(path, one_line(&msg));
+        let fmt = |msg: String| Error::format(path, msg);
         let file = File::open(path).map_err(|e| Error::io(path, e))?;
         let file_len = file.metadata().map_err(|e| Error::io(path, e))?.len();
         let mut file = BufReader::new(file);
         let mut head = Vec::with_capacity(4);
         (&mut file).take(4).read_to_end(&mut head).map_err(|e| Error::io(path, e))?;
         check_magic(&head).map_err(fmt)?;
+        // The zip crate sizes its central-directory table from the end records before reading it; a crafted
+        // ZIP64 record could make that a multi-terabyte allocation (an abort), so they are checked first.
+        zip_guard::check_end_records(&mut file, file_len).map_err(|e| match e {
+            zip_guard::GuardError::Io(e) => Error::io(path, e),
+            zip_guard::GuardError::Implausible(msg) => fmt(msg),
+        })?;
         file.seek(SeekFrom::Start(0)).map_err(|e| Error::io(path, e))?;
         let zip = ZipArchive::new(file)
             .map_err(|e| fmt(format!("not a readable zip archive (truncated or corrupt?): {e}")))?;
@@ -50,7 +61,7 @@ impl Archive {
             find_pickle(&zip).ok_or_else(|| fmt("the zip holds no data.pkl: not a torch.save checkpoint".into()))?;
         let prefix = pickle_name.strip_suffix("data.pkl").unwrap_or_default().to_owned();
         let output_left = file_len.saturating_mul(OUTPUT_PER_FILE_BYTE).saturating_add(OUTPUT_SLACK);
-        let mut archive = Archive { zip, prefix, big_endian: false, last: None, output_left };
+        let mut archive = Archive { zip, prefix, big_endian: false, last: None, output_left, file_len };
         let pickle = archive.read_entry(&pickle_name, None).map_err(fmt)?;
         archive.big_endian = archive.read_byteorder().map_err(fmt)?;
         Ok((archive, pickle))
@@ -70,19 +81,31 @@ impl Archive {
         }
     }
 
-    /// Reads entry `name` whole, or exactly `want` bytes of it, never allocating more than it can hold.
+    /// Reads entry `name` whole, or exactly `want` bytes of it. Sizes come from headers a file may forge:
+    /// the compressed size must fit in the file, the output in the budget, and the buffer starts no larger
+    /// than the file (it grows only as real bytes arrive).
     fn read_entry(&mut self, name: &str, want: Option<u64>) -> std::result::Result<Vec<u8>, String> {
         let mut entry = self.zip.by_name(name).map_err(|e| format!("zip entry {name}: {e}"))?;
-        let size = entry.size();
+        let (size, compressed) = (entry.size(), entry.compressed_size());
+        if compressed > self.file_len {
+            return Err(format!(
+                "zip entry {name} claims {compressed} compressed bytes in a file of {} (corrupt archive)",
+                self.file_len
+            ));
+        }
         let plausible = match entry.compression() {
-            CompressionMethod::Stored => entry.compressed_size(),
-            _ => entry.compressed_size().saturating_mul(MAX_DEFLATE_RATIO),
+            CompressionMethod::Stored => compressed,
+            _ => compressed.saturating_mul(MAX_DEFLATE_RATIO),
         };
         if size > plausible {
             return Err(format!("zip entry {name} claims {size} bytes, more than it can hold (corrupt archive)"));
         }
         let want = want.map_or(size, |w| w.min(size));
-        let mut buf = Vec::with_capacity(usize::try_from(want).map_err(|_| format!("zip entry {name} is too large"))?);
+        spend(&mut self.output_left, want)?;
+        let capacity =
+            usize::try_from(want.min(self.file_len)).map_err(|_| format!("zip entry {name} is too large"))?;
+        let mut buf = Vec::new();
+        buf.try_reserve_exact(capacity).map_err(|_| format!("zip entry {name}: cannot allocate {capacity} bytes"))?;
         entry.by_ref().take(want).read_to_end(&mut buf).map_err(|e| format!("reading zip entry {name}: {e}"))?;
         if buf.len() as u64 != want {
             return Err(format!("zip entry {name} is shorter than its header says (truncated archive?)"));
@@ -97,7 +120,6 @@ impl Archive {
                 return Ok(Rc::clone(bytes));
             }
         }
-        self.spend_output(nbytes)?;
         let name = format!("{}data/{key}", self.prefix);
         let bytes = self.read_entry(&name, Some(nbytes as u64))?;
         if bytes.len() < nbytes {
@@ -107,17 +129,18 @@ impl Archive {
         self.last = Some((key.to_owned(), Rc::clone(&bytes)));
         Ok(bytes)
     }
+}
 
-    fn spend_output(&mut self, bytes: usize) -> std::result::Result<(), String> {
-        match self.output_left.checked_sub(bytes as u64) {
-            Some(left) => {
-                self.output_left = left;
-                Ok(())
-            }
-            None => Err("tensors would read far more data than the file holds (storages rebuilt over and over: \
-                         corrupt or hostile file)"
-                .into()),
+/// Takes `bytes` from the output budget, or refuses.
+fn spend(left: &mut u64, bytes: u64) -> std::result::Result<(), String> {
+    match left.checked_sub(bytes) {
+        Some(rest) => {
+            *left = rest;
+            Ok(())
         }
+        None => Err("the archive would yield far more data than the file holds (storages rebuilt over and over, \
+                     or a decompression bomb: corrupt or hostile file)"
+            .into()),
     }
 }
 
@@ -129,7 +152,7 @@ impl TensorSource for Archive {
             .checked_mul(elem_size)
             .ok_or_else(|| format!("storage '{}' of {} elements is impossibly large", storage.key, storage.numel))?;
         let view_bytes = view.numel().and_then(|n| n.checked_mul(elem_size)).unwrap_or(usize::MAX);
-        self.spend_output(view_bytes)?;
+        spend(&mut self.output_left, view_bytes as u64)?;
         let bytes = self.storage(&storage.key, nbytes)?;
         tensor::rebuild(&bytes[..nbytes], storage.dtype, view, self.big_endian)
             .map_err(|e| format!("tensor in storage '{}': {e}", storage.key))
@@ -155,9 +178,4 @@ fn find_pickle<R: Read + Seek>(zip: &ZipArchive<R>) -> Option<String> {
         .filter(|name| *name == "data.pkl" || name.ends_with("/data.pkl"))
         .min_by_key(|name| (name.matches('/').count(), name.len()))
         .map(str::to_owned)
-}
-
-/// Error messages stay on one line, whatever a library put in them.
-fn one_line(msg: &str) -> String {
-    msg.replace(['\n', '\r'], " ")
 }

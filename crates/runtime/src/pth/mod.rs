@@ -9,6 +9,7 @@
 mod archive;
 mod pickle;
 mod tensor;
+mod zip_guard;
 
 use crate::error::{Error, Result};
 use candle_core::Tensor;
@@ -149,7 +150,7 @@ impl PthFile {
     pub fn open(path: &Path) -> Result<PthFile> {
         let (mut archive, pickle) = archive::Archive::open(path)?;
         let root = pickle::unpickle(&pickle, &mut archive).map_err(|e| match e {
-            pickle::PickleError::Format(msg) => Error::format(path, msg.replace(['\n', '\r'], " ")),
+            pickle::PickleError::Format(msg) => Error::format(path, msg),
             pickle::PickleError::Forbidden(global) => Error::ForbiddenGlobal { path: path.to_path_buf(), global },
         })?;
         Ok(PthFile { root, path: path.to_path_buf() })

@@ -337,11 +337,26 @@ fn tensors_are_rebuilt_from_persistent_ids() {
 
 #[test]
 fn forbidden_globals_are_refused_whichever_opcode_names_them() {
-    let cases: [(&[u8], &str); 4] = [
+    let cases: [(&[u8], &str); 13] = [
         (b"\x80\x02cposix\nsystem\nX\x04\x00\x00\x00true\x85R.", "posix.system"),
         (b"\x80\x04\x8c\x02os\x8c\x06system\x93.", "os.system"),
         (b"(X\x04\x00\x00\x00trueisubprocess\ncall\n.", "subprocess.call"),
         (b"c__builtin__\neval\n.", "builtins.eval"),
+        (b"\x80\x04\x8c\nsubprocess\x8c\x05Popen\x93X\x04\x00\x00\x00true\x85R.", "subprocess.Popen"),
+        (b"cbuiltins\nexec\nX\x06\x00\x00\x00print()\x85R.", "builtins.exec"),
+        // getattr(__import__('os'), 'system'): the classic two-step gadget stops at its first global.
+        (
+            b"cbuiltins\ngetattr\ncbuiltins\n__import__\nX\x02\x00\x00\x00os\x85RX\x06\x00\x00\x00system\x86R.",
+            "builtins.getattr",
+        ),
+        (b"cimportlib\nimport_module\nX\x02\x00\x00\x00os\x85R.", "importlib.import_module"),
+        // What objects' __reduce__ returns: copyreg reconstructors, partial applications, method callers.
+        (b"ccopy_reg\n_reconstructor\n.", "copyreg._reconstructor"),
+        (b"cfunctools\npartial\n.", "functools.partial"),
+        (b"coperator\nmethodcaller\n.", "operator.methodcaller"),
+        // torch's own gadgets: a nested torch.load of attacker bytes, and a module from a state.
+        (b"ctorch.storage\n_load_from_bytes\n.", "torch.storage._load_from_bytes"),
+        (b"ctorch\nload\n.", "torch.load"),
     ];
     for (pickle, name) in cases {
         match run(pickle) {
@@ -349,6 +364,16 @@ fn forbidden_globals_are_refused_whichever_opcode_names_them() {
             other => panic!("{name}: expected Forbidden, got {other:?}"),
         }
     }
+}
+
+#[test]
+fn allowed_globals_cannot_be_chained_into_calling_anything_else() {
+    // _rebuild_from_type_v2 may only wrap the plain tensor rebuilds, whatever allowed callable it is handed.
+    let p = b"ctorch._tensor\n_rebuild_from_type_v2\n(ccollections\nOrderedDict\nctorch\nTensor\n)}tR.";
+    assert!(format_error(p).contains("only allowed for plain tensors"));
+    // A value is never callable: REDUCE on a string or a dtype marker is refused.
+    assert!(format_error(b"X\x01\x00\x00\x00a)R.").contains("calls a str"));
+    assert!(format_error(b"ctorch\nfloat32\n)R.").contains("torch.float32"));
 }
 
 #[test]
@@ -387,7 +412,7 @@ fn self_referencing_and_deeply_nested_structures_are_refused_without_overflow() 
     // 200 000 nested lists: bounded depth, no recursion in the VM itself.
     let n = 200_000;
     let mut p = vec![b']'; n];
-    p.extend(std::iter::repeat(b'a').take(n - 1));
+    p.extend(std::iter::repeat_n(b'a', n - 1));
     p.push(b'.');
     assert!(format_error(&p).contains("nested deeper"));
 }
@@ -628,4 +653,109 @@ fn rebuild_tensor_v3_retypes_its_byte_storage() {
     assert_eq!(value.as_tensor().unwrap().to_vec1::<i32>().unwrap(), [7, -9]);
     let p = [&p[..p.len() - 9], b"uint16\ntR."].concat();
     assert!(matches!(unpickle(&p, &mut source).unwrap(), PthValue::Skipped(note) if note.contains("uint16")));
+}
+
+// ----- every copy counts against the budget -----
+
+/// BINUNICODE of `text`.
+fn unicode(text: &[u8]) -> Vec<u8> {
+    [b"X".as_slice(), &(text.len() as u32).to_le_bytes(), text].concat()
+}
+
+#[test]
+fn repeated_build_of_a_namespace_from_one_big_dict_exhausts_the_copy_budget() {
+    // d = {k_i: 0 for 100 keys of 1000 bytes}; ns = Namespace(); then BUILD(ns, d) 1000 times.
+    let mut p = b"}q\x00(".to_vec();
+    for i in 0..100u8 {
+        p.extend(unicode(
+            &[b'a' + i % 26; 1000].iter().enumerate().map(|(j, &b)| if j == 0 { i } else { b }).collect::<Vec<_>>(),
+        ));
+        p.extend(b"K\x00");
+    }
+    p.extend(b"u0cargparse\nNamespace\n)R");
+    p.extend(b"h\x00b".repeat(1000));
+    p.push(b'.');
+    assert!(format_error(&p).contains("copies far more data than it holds"));
+}
+
+#[test]
+fn repeated_torch_device_calls_on_one_big_string_exhaust_the_copy_budget() {
+    let mut p = b"ctorch\ndevice\nq\x00".to_vec();
+    p.extend(unicode(&[b'c'; 100_000]));
+    p.extend(b"q\x010");
+    p.extend(b"h\x00h\x01\x85R0".repeat(1000));
+    p.extend(b"N.");
+    assert!(format_error(&p).contains("copies far more data than it holds"));
+}
+
+#[test]
+fn repeated_persistent_ids_with_one_big_key_exhaust_the_copy_budget() {
+    // pid = ('storage', FloatStorage, <100 KB key>, 'cpu', 1); BINPERSID(pid) 1000 times.
+    let mut p = b"(X\x07\x00\x00\x00storagectorch\nFloatStorage\n".to_vec();
+    p.extend(unicode(&[b'k'; 100_000]));
+    p.extend(b"X\x03\x00\x00\x00cpuK\x01tq\x00");
+    p.extend(b"h\x00Q0".repeat(1000));
+    p.push(b'.');
+    assert!(format_error(&p).contains("copies far more data than it holds"));
+}
+
+#[test]
+fn repeated_v3_rebuilds_of_one_big_keyed_storage_exhaust_the_copy_budget() {
+    let key = vec![b'k'; 100_000];
+    let mut p = b"ctorch._utils\n_rebuild_tensor_v3\nq\x00((X\x07\x00\x00\x00storagectorch\nUntypedStorage\n".to_vec();
+    p.extend(unicode(&key));
+    p.extend(b"X\x03\x00\x00\x00cpuK\x04tQK\x00K\x01\x85K\x01\x85\x89}ctorch\nint32\ntq\x01R0");
+    p.extend(b"h\x00h\x01R0".repeat(1000));
+    p.extend(b"N.");
+    let mut source = MemSource::default();
+    source.0.insert(String::from_utf8(key).unwrap(), vec![0u8; 4]);
+    match unpickle(&p, &mut source) {
+        Err(PickleError::Format(msg)) => assert!(msg.contains("copies far more data than it holds"), "{msg}"),
+        other => panic!("expected the copy budget to run out, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_forged_zip64_entry_count_is_an_error_not_an_abort() {
+    // A tiny file whose ZIP64 end record claims 2^40 entries: the zip crate would try to reserve ~200 TB.
+    let mut f = b"PK\x03\x04".to_vec();
+    f.extend(vec![0u8; 60]);
+    let record_at = f.len() as u64;
+    f.extend(b"PK\x06\x06");
+    f.extend(44u64.to_le_bytes());
+    f.extend([45, 0, 45, 0]);
+    f.extend([0; 8]);
+    f.extend((1u64 << 40).to_le_bytes());
+    f.extend((1u64 << 40).to_le_bytes());
+    f.extend((1u64 << 46).to_le_bytes());
+    f.extend((1u64 << 47).to_le_bytes());
+    f.extend(b"PK\x06\x07");
+    f.extend(0u32.to_le_bytes());
+    f.extend(record_at.to_le_bytes());
+    f.extend(1u32.to_le_bytes());
+    f.extend(b"PK\x05\x06");
+    f.extend([0xff; 16]);
+    f.extend(0u16.to_le_bytes());
+    let path = std::env::temp_dir().join(format!("gen-pth-test-{}-zip64.pth", std::process::id()));
+    std::fs::write(&path, &f).unwrap();
+    let msg = message(PthFile::open(&path));
+    std::fs::remove_file(&path).unwrap();
+    assert!(msg.contains("1099511627776 entries") && msg.contains("corrupt zip archive"), "{msg}");
+}
+
+#[test]
+fn an_entry_claiming_more_compressed_bytes_than_the_file_is_refused() {
+    // A real archive whose data.pkl header is edited to claim a 2^40-byte compressed size (ZIP64 would be
+    // needed for that; here the central directory's 32-bit field says 0xFFFFFFF0).
+    let pickle = rebuild_pickle(None, 1);
+    let path = write_zip("bigclaim.pth", &[("a/data.pkl", &pickle), ("a/data/0", &[0u8; 4])]);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let cd = memchr::memmem::find(&bytes, b"PK\x01\x02").unwrap();
+    bytes[cd + 20..cd + 24].copy_from_slice(&0xFFFF_FFF0u32.to_le_bytes()); // compressed size
+    bytes[cd + 24..cd + 28].copy_from_slice(&0xFFFF_FFF0u32.to_le_bytes()); // uncompressed size
+    std::fs::write(&path, &bytes).unwrap();
+    let msg = message(PthFile::open(&path));
+    std::fs::remove_file(&path).unwrap();
+    assert!(msg.contains("a/data.pkl") || msg.contains("zip"), "{msg}");
+    assert!(!msg.contains('\n'));
 }

@@ -97,7 +97,7 @@ impl LcQuantizer {
     }
 
     pub fn codebook_size(&self) -> Result<usize> {
-        Ok(self.codebook()?.dim(0)?)
+        self.codebook()?.dim(0)
     }
 
     /// z [B, e, h, w] → straight-through z_q, loss `mean((sg[z_q]−z)²) + 0.33·mean((z_q−sg[z])²)`, ids.

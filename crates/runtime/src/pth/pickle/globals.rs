@@ -90,7 +90,10 @@ impl Vm<'_> {
         let target = self.peek()?;
         match self.heap_obj(target)? {
             HeapObj::Namespace(_) => {
+                // Repeated BUILDs with one shared state dict would otherwise copy it again and again for free.
                 let attrs = self.namespace_attrs(state)?;
+                let cost = attrs.iter().map(|(name, _)| 1 + name.len()).sum();
+                self.charge(cost)?;
                 if let HeapObj::Namespace(fields) = self.heap_mut(target)? {
                     fields.extend(attrs);
                 }
@@ -121,7 +124,7 @@ impl Vm<'_> {
     }
 
     /// BINPERSID: torch.save's `('storage', storage_type, key, location, numel)`.
-    pub(super) fn persistent_storage(&self, pid: Obj) -> PResult<StorageRef> {
+    pub(super) fn persistent_storage(&mut self, pid: Obj) -> PResult<StorageRef> {
         let &[tag, storage_type, key, _location, numel] = self.items(pid)? else {
             return fail("persistent id is not a 5-tuple ('storage', type, key, location, numel)");
         };
@@ -132,7 +135,9 @@ impl Vm<'_> {
             Obj::Global(Global::Storage(dtype) | Global::DType(dtype)) => dtype,
             other => return fail(format!("persistent id names a {} instead of a storage type", self.kind(other))),
         };
-        Ok(StorageRef { dtype, key: self.str(key)?.to_owned(), numel: self.usize(numel, "storage size")? })
+        let numel = self.usize(numel, "storage size")?;
+        let key = self.copy_str(key)?;
+        Ok(StorageRef { dtype, key, numel })
     }
 
     // ----- calling allow-listed globals -----
@@ -176,7 +181,7 @@ impl Vm<'_> {
                 Ok(self.alloc(HeapObj::Tuple(dims)))
             }
             (Global::Device, [kind, index @ ..]) => {
-                let mut name = self.str(*kind)?.to_owned();
+                let mut name = self.copy_str(*kind)?;
                 if let Some(&Obj::Int(i)) = index.first() {
                     name = format!("{name}:{i}");
                 }
@@ -202,6 +207,7 @@ impl Vm<'_> {
             HeapObj::Storage(s) => s.clone(),
             other => return fail(format!("_rebuild_tensor_v2 got a {} instead of a storage", other.kind())),
         };
+        self.charge(1 + storage.key.len())?;
         let view = View {
             offset: self.usize(offset, "tensor storage offset")?,
             size: self.usizes(size, "tensor size")?,
@@ -225,6 +231,7 @@ impl Vm<'_> {
             // Re-type the storage (a fresh copy: other tensors may view the same bytes with another dtype).
             let numel = s.numel / dtype.elem_size().unwrap_or(1);
             let typed = StorageRef { dtype, key: s.key.clone(), numel };
+            self.charge(1 + typed.key.len() + args.len())?;
             let mut args = args.to_vec();
             args[0] = self.alloc(HeapObj::Storage(typed));
             return self.rebuild_tensor(&args);

@@ -440,6 +440,15 @@ impl Vm<'_> {
         self.copy_items(obj)?.into_iter().map(|o| self.usize(o, what)).collect()
     }
 
+    /// A copy of a str operand, against the copy budget.
+    fn copy_str(&mut self, obj: Obj) -> PResult<String> {
+        let text = self.str(obj)?.to_owned();
+        self.charge(1 + text.len())?;
+        Ok(text)
+    }
+
+    /// Takes `units` (items or bytes copied) from the copy budget: every copy the VM makes of data that
+    /// is already in its heap goes through here, so the pickle's length bounds what it can build.
     fn charge(&mut self, units: usize) -> PResult<()> {
         let Some(left) = self.copy_budget.checked_sub(units) else {
             return fail("the pickle copies far more data than it holds (corrupt or hostile file)");
@@ -537,7 +546,7 @@ impl Vm<'_> {
 
 /// Pairs up SETITEMS / DICT operands.
 fn pairs(items: Vec<Obj>) -> PResult<Vec<(Obj, Obj)>> {
-    if items.len() % 2 != 0 {
+    if !items.len().is_multiple_of(2) {
         return fail("odd number of dict keys and values");
     }
     Ok(items.chunks_exact(2).map(|kv| (kv[0], kv[1])).collect())

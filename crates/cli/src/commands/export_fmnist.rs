@@ -1,10 +1,10 @@
-//! Data helpers: export Fashion-MNIST images as PNG (the demo domain).
+//! `gen export-fmnist`: Fashion-MNIST images as PNG files (the demo domain).
 
 use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 use clap::Args;
-use gen_data::fmnist::{FashionMnist, CLASS_NAMES, DEFAULT_DIR};
+use gen_data::fmnist::{FashionMnist, CLASS_NAMES, DEFAULT_DIR, SPLITS};
 use gen_runtime::imageio;
 
 #[derive(Args)]
@@ -26,12 +26,12 @@ pub struct ExportFmnistArgs {
     pub out: PathBuf,
 }
 
-pub fn export_fmnist(a: ExportFmnistArgs) -> Result<()> {
-    if a.split != "train" && a.split != "t10k" {
-        bail!("--split '{}': expected train or t10k", a.split);
+pub fn run(a: ExportFmnistArgs) -> Result<()> {
+    if !SPLITS.contains(&a.split.as_str()) {
+        bail!("--split '{}': expected {}", a.split, SPLITS.join(" or "));
     }
     let ds = FashionMnist::load(&a.dir, &a.split)?;
-    if a.start + a.count > ds.len() {
+    if a.start.checked_add(a.count).is_none_or(|end| end > ds.len()) {
         bail!("--start {} --count {}: the {} split has {} images", a.start, a.count, a.split, ds.len());
     }
     for i in a.start..a.start + a.count {

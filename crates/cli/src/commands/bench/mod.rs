@@ -1,0 +1,157 @@
+//! `gen bench`: our kernels and models side by side with a PyTorch baseline (`bench/torch_bench.py`),
+//! on the same machine at the same thread count, as a table of times and ratios (torch / ours). Items are
+//! grouped by model family, one file each (`kernels.rs`, `tokenizer.rs`; later models add theirs).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use candle_core::{Device, Tensor, Var};
+use clap::Args;
+use gen_runtime::Rng;
+use gen_tokenizer::VqModel;
+
+mod kernels;
+mod tokenizer;
+
+#[derive(Args)]
+pub struct BenchArgs {
+    /// Run only these items (comma-separated); `--list` shows the names.
+    #[arg(long)]
+    pub only: Option<String>,
+    /// Threads for both sides (rayon and torch.set_num_threads).
+    #[arg(long, default_value_t = 2, value_parser = crate::args::at_least_one)]
+    pub threads: usize,
+    /// Timed repetitions per item (after one warm-up); tokenizer items use at most 3.
+    #[arg(long, default_value_t = 5, value_parser = crate::args::at_least_one)]
+    pub reps: usize,
+    /// Skip the PyTorch baseline.
+    #[arg(long)]
+    pub no_baseline: bool,
+    /// The baseline script.
+    #[arg(long, default_value = "bench/torch_bench.py")]
+    pub baseline: PathBuf,
+    #[arg(long, default_value = "python3")]
+    pub python: String,
+    /// List the items and exit.
+    #[arg(long)]
+    pub list: bool,
+}
+
+/// A named benchmark: makes the closure that is timed.
+type Item = (&'static str, fn(&mut Ctx) -> Result<Timed>);
+type Timed = Box<dyn FnMut() -> Result<()>>;
+
+/// Shared state: the random-weight f16 tokenizer is built once (its 100k codebook takes a while).
+#[derive(Default)]
+struct Ctx {
+    tokenizer: Option<std::rc::Rc<BenchTokenizer>>,
+}
+
+/// The inference model (projection frozen), the trainable model, and its parameters.
+type BenchTokenizer = (VqModel, VqModel, Vec<(String, Var)>);
+
+/// Every item, by model family: `--only` takes item names or family names.
+const FAMILIES: &[(&str, &[Item])] = &[("kernels", kernels::ITEMS), ("tokenizer", tokenizer::ITEMS)];
+
+fn all_items() -> impl Iterator<Item = (&'static str, &'static Item)> {
+    FAMILIES.iter().flat_map(|(family, items)| items.iter().map(move |item| (*family, item)))
+}
+
+pub(super) fn rand(rng: &mut Rng, shape: &[usize], std: f64) -> Result<Tensor> {
+    Ok(rng.randn(shape, std, &Device::Cpu)?)
+}
+
+fn min_median(ms: &[f64]) -> (f64, f64) {
+    let mut v = ms.to_vec();
+    v.sort_by(f64::total_cmp);
+    (v[0], v[v.len() / 2])
+}
+
+fn run_baseline(a: &BenchArgs, names: &[&str]) -> Result<BTreeMap<String, Vec<f64>>> {
+    let out = Command::new(&a.python)
+        .arg(&a.baseline)
+        .args(["--threads", &a.threads.to_string(), "--reps", &a.reps.to_string(), "--only", &names.join(",")])
+        .output()
+        .with_context(|| format!("cannot run {} {}", a.python, a.baseline.display()))?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        bail!("{} failed: {}", a.baseline.display(), err.lines().last().unwrap_or("no output"));
+    }
+    let mut res = BTreeMap::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.starts_with('{')) {
+        let v: serde_json::Value = serde_json::from_str(line).context("baseline printed bad JSON")?;
+        let name = v["name"].as_str().unwrap_or_default().to_string();
+        let ms: Vec<f64> =
+            v["ms"].as_array().map(|a| a.iter().filter_map(|x| x.as_f64()).collect()).unwrap_or_default();
+        if !ms.is_empty() {
+            res.insert(name, ms);
+        }
+    }
+    Ok(res)
+}
+
+pub fn run(a: BenchArgs) -> Result<()> {
+    if a.list {
+        all_items().for_each(|(family, (n, _))| println!("{family}\t{n}"));
+        return Ok(());
+    }
+    let selected: Vec<&Item> = match &a.only {
+        None => all_items().map(|(_, item)| item).collect(),
+        Some(list) => {
+            let mut chosen = Vec::new();
+            for n in list.split(',').map(str::trim) {
+                let matching: Vec<&Item> =
+                    all_items().filter(|(family, (name, _))| *name == n || *family == n).map(|(_, i)| i).collect();
+                if matching.is_empty() {
+                    bail!("--only: unknown item or family '{n}' (see --list)");
+                }
+                chosen.extend(matching);
+            }
+            chosen
+        }
+    };
+    crate::args::set_threads(a.threads);
+    let mut ctx = Ctx::default();
+    let mut ours: Vec<(&str, Vec<f64>)> = Vec::new();
+    for (name, make) in &selected {
+        let mut f = make(&mut ctx)?;
+        f()?; // warm-up
+        let reps = if name.starts_with("tok_") { a.reps.min(3) } else { a.reps };
+        let mut ms = Vec::with_capacity(reps);
+        for _ in 0..reps {
+            let t = Instant::now();
+            f()?;
+            ms.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+        eprintln!("bench: {name}: {:.1} ms (min)", min_median(&ms).0);
+        ours.push((name, ms));
+    }
+    drop(ctx);
+    // ask the baseline for the items it has (the `_openblas` and `_candle_nograd` rows are ours only)
+    let names: Vec<&str> =
+        ours.iter().map(|(n, _)| *n).filter(|n| !n.ends_with("_openblas") && !n.ends_with("_nograd")).collect();
+    let base = if a.no_baseline {
+        BTreeMap::new()
+    } else {
+        run_baseline(&a, &names).unwrap_or_else(|e| {
+            eprintln!("bench: no PyTorch baseline ({e:#}); see bench/README.md to install it");
+            BTreeMap::new()
+        })
+    };
+    println!("| item | gen min / median (ms) | torch min / median (ms) | ratio torch/gen (min) |");
+    println!("|---|---|---|---|");
+    for (name, ms) in &ours {
+        let (gmin, gmed) = min_median(ms);
+        match base.get(name.trim_end_matches("_openblas").replace("_candle_nograd", "_fwd").as_str()) {
+            Some(t) => {
+                let (tmin, tmed) = min_median(t);
+                println!("| {name} | {gmin:.1} / {gmed:.1} | {tmin:.1} / {tmed:.1} | {:.2} |", tmin / gmin);
+            }
+            None => println!("| {name} | {gmin:.1} / {gmed:.1} | – | – |"),
+        }
+    }
+    Ok(())
+}

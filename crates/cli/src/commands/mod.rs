@@ -1,0 +1,10 @@
+//! One file per subcommand; each parses its arguments, calls the library and prints.
+
+pub mod bench;
+pub mod convert;
+pub mod decode;
+pub mod encode;
+pub mod export_fmnist;
+mod images;
+pub mod reconstruct;
+mod tokenizer_args;
