@@ -626,24 +626,7 @@ fn fixture_fmnist() -> Option<PathBuf> {
 #[test]
 fn a_forged_zip64_checkpoint_is_an_error_not_an_abort() {
     let dir = tmp("zip64");
-    let mut f = b"PK\x03\x04".to_vec();
-    f.extend(vec![0u8; 60]);
-    let record_at = f.len() as u64;
-    f.extend(b"PK\x06\x06");
-    f.extend(44u64.to_le_bytes());
-    f.extend([45, 0, 45, 0]);
-    f.extend([0; 8]);
-    f.extend((1u64 << 40).to_le_bytes());
-    f.extend((1u64 << 40).to_le_bytes());
-    f.extend((1u64 << 46).to_le_bytes());
-    f.extend((1u64 << 47).to_le_bytes());
-    f.extend(b"PK\x06\x07");
-    f.extend(0u32.to_le_bytes());
-    f.extend(record_at.to_le_bytes());
-    f.extend(1u32.to_le_bytes());
-    f.extend(b"PK\x05\x06");
-    f.extend([0xff; 16]);
-    f.extend(0u16.to_le_bytes());
+    let f = gen_tests::forged_zip64(1 << 40);
     std::fs::write(dir.join("forged.pth"), &f).unwrap();
     let o = gen(&["encode", "--tokenizer", s(&dir.join("forged.pth")), "x.png", "--print"]);
     assert_one_line_error(&o, &["forged.pth", "corrupt zip archive", "1099511627776 entries"]);

@@ -100,3 +100,27 @@ pub fn assert_exact(what: &str, got: &Tensor, want: &Tensor) {
         w[bad[0]]
     );
 }
+
+/// A tiny file that starts like a zip and ends with a ZIP64 end record (+ locator + end record) claiming
+/// `entries` entries: a crafted header the `zip` crate would size a table from.
+pub fn forged_zip64(entries: u64) -> Vec<u8> {
+    let mut f = b"PK\x03\x04".to_vec();
+    f.extend([0u8; 60]);
+    let record_at = f.len() as u64;
+    f.extend(b"PK\x06\x06");
+    f.extend(44u64.to_le_bytes()); // record size
+    f.extend([45, 0, 45, 0]); // versions
+    f.extend([0; 8]); // disk numbers
+    f.extend(entries.to_le_bytes()); // entries on this disk
+    f.extend(entries.to_le_bytes()); // entries
+    f.extend((entries.saturating_mul(46)).to_le_bytes()); // directory size
+    f.extend((entries.saturating_mul(50)).to_le_bytes()); // directory start
+    f.extend(b"PK\x06\x07");
+    f.extend(0u32.to_le_bytes());
+    f.extend(record_at.to_le_bytes());
+    f.extend(1u32.to_le_bytes());
+    f.extend(b"PK\x05\x06");
+    f.extend([0xff; 16]);
+    f.extend(0u16.to_le_bytes());
+    f
+}

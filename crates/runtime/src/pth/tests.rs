@@ -718,24 +718,7 @@ fn repeated_v3_rebuilds_of_one_big_keyed_storage_exhaust_the_copy_budget() {
 #[test]
 fn a_forged_zip64_entry_count_is_an_error_not_an_abort() {
     // A tiny file whose ZIP64 end record claims 2^40 entries: the zip crate would try to reserve ~200 TB.
-    let mut f = b"PK\x03\x04".to_vec();
-    f.extend(vec![0u8; 60]);
-    let record_at = f.len() as u64;
-    f.extend(b"PK\x06\x06");
-    f.extend(44u64.to_le_bytes());
-    f.extend([45, 0, 45, 0]);
-    f.extend([0; 8]);
-    f.extend((1u64 << 40).to_le_bytes());
-    f.extend((1u64 << 40).to_le_bytes());
-    f.extend((1u64 << 46).to_le_bytes());
-    f.extend((1u64 << 47).to_le_bytes());
-    f.extend(b"PK\x06\x07");
-    f.extend(0u32.to_le_bytes());
-    f.extend(record_at.to_le_bytes());
-    f.extend(1u32.to_le_bytes());
-    f.extend(b"PK\x05\x06");
-    f.extend([0xff; 16]);
-    f.extend(0u16.to_le_bytes());
+    let f = super::zip_guard::tests::forged_zip64(60, 1 << 40);
     let path = std::env::temp_dir().join(format!("gen-pth-test-{}-zip64.pth", std::process::id()));
     std::fs::write(&path, &f).unwrap();
     let msg = message(PthFile::open(&path));

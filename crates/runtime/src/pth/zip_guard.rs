@@ -113,13 +113,15 @@ fn read_up_to<R: Read>(file: &mut R, buf: &mut [u8]) -> std::io::Result<usize> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use std::io::Cursor;
 
-    /// A ZIP64 locator + record + EOCD claiming `entries` entries, after `pad` bytes of filler.
+    /// A local-header magic, `pad` bytes of filler, then a ZIP64 record + locator + EOCD claiming
+    /// `entries` entries.
     pub(crate) fn forged_zip64(pad: usize, entries: u64) -> Vec<u8> {
-        let mut f = vec![0u8; pad];
+        let mut f = b"PK\x03\x04".to_vec();
+        f.extend(vec![0u8; pad]);
         let record_at = f.len() as u64;
         f.extend_from_slice(EOCD64_SIG);
         f.extend_from_slice(&44u64.to_le_bytes()); // record size
