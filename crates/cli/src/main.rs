@@ -1,7 +1,7 @@
 //! The `gen` executable: everything is in the gen-cli library.
 
 // glibc returns large tensor buffers to the kernel on free and faults them back in on the next
-// allocation (page faults and TLB-shootdown IPIs were half of a GroupNorm backward); mimalloc keeps them.
+// allocation; mimalloc keeps them (the measured cost is in docs/DESIGN.md, "Build flags").
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -2,7 +2,8 @@
 //! of CLIP features), a trained projector P, and nearest-neighbour search against P(E) [N, e].
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{Linear, VarBuilder};
+use candle_nn::VarBuilder;
+use gen_nn::Linear;
 
 use super::{nearest::nearest_codes, Quantized};
 use crate::config::{Projector, VqConfig};
@@ -20,10 +21,6 @@ impl Module for Projection {
             Projection::Mlp(a, b) => b.forward(&a.forward(e)?.relu()?),
         }
     }
-}
-
-fn linear(vb: VarBuilder, cin: usize, cout: usize) -> Result<Linear> {
-    Ok(Linear::new(vb.get((cout, cin), "weight")?, Some(vb.get(cout, "bias")?)))
 }
 
 /// Key under which model folders store the projected codebook, so inference never recomputes it.
@@ -51,10 +48,10 @@ impl LcQuantizer {
         let projection = match cfg.projector {
             Projector::None => None,
             _ if stored.is_some() && !has_projector => None,
-            Projector::Linear => Some(Projection::Linear(linear(vb.pp("codebook_projection"), d, e)?)),
+            Projector::Linear => Some(Projection::Linear(Linear::new(vb.pp("codebook_projection"), d, e)?)),
             Projector::Mlp { hidden } => Some(Projection::Mlp(
-                linear(vb.pp("codebook_projection").pp(0), d, hidden)?,
-                linear(vb.pp("codebook_projection").pp(2), hidden, e)?,
+                Linear::new(vb.pp("codebook_projection").pp(0), d, hidden)?,
+                Linear::new(vb.pp("codebook_projection").pp(2), hidden, e)?,
             )),
         };
         Ok(LcQuantizer { tok_embeddings, projection, projected: stored })
