@@ -124,3 +124,70 @@ pub fn forged_zip64(entries: u64) -> Vec<u8> {
     f.extend(0u16.to_le_bytes());
     f
 }
+
+/// `../shared/golden/detinit.py`: deterministic weights for fixtures of networks too large to store.
+/// `value = offset + (2u − 1)·scale` in f32, with `u = (splitmix64(fnv1a64(name) + i) >> 40) / 2²⁴`.
+pub mod detinit {
+    use std::collections::HashMap;
+    use std::path::Path;
+
+    use candle_core::{Device, Tensor};
+
+    fn fnv1a64(name: &str) -> u64 {
+        name.bytes().fold(0xCBF2_9CE4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01B3))
+    }
+
+    fn splitmix64(x: u64) -> u64 {
+        let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// `det_tensor(name, shape, scale, offset)`, row-major values.
+    pub fn det_values(name: &str, numel: usize, scale: f32, offset: f32) -> Vec<f32> {
+        let seed = fnv1a64(name);
+        (0..numel as u64)
+            .map(|i| {
+                let u = (splitmix64(seed.wrapping_add(i)) >> 40) as f32 / (1u32 << 24) as f32;
+                (2.0 * u - 1.0) * scale + offset
+            })
+            .collect()
+    }
+
+    /// Every tensor of a `weights_spec.json` (`{name: {"shape", "scale", "offset"}}`, scale and offset as
+    /// f32-exact decimal strings or numbers).
+    pub fn build(spec_path: &Path) -> HashMap<String, Tensor> {
+        let text = std::fs::read_to_string(spec_path).unwrap_or_else(|e| panic!("{}: {e}", spec_path.display()));
+        let spec: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&text).expect("weights spec");
+        let number = |v: Option<&serde_json::Value>| -> f32 {
+            match v {
+                Some(serde_json::Value::String(s)) => s.parse::<f64>().expect("decimal") as f32,
+                Some(serde_json::Value::Number(n)) => n.as_f64().expect("number") as f32,
+                _ => 0.0,
+            }
+        };
+        spec.iter()
+            .map(|(name, entry)| {
+                let shape: Vec<usize> = entry["shape"]
+                    .as_array()
+                    .expect("shape")
+                    .iter()
+                    .map(|d| d.as_u64().expect("dim") as usize)
+                    .collect();
+                let numel = shape.iter().product();
+                let values = det_values(name, numel, number(entry.get("scale")), number(entry.get("offset")));
+                (name.clone(), Tensor::from_vec(values, shape, &Device::Cpu).expect("tensor"))
+            })
+            .collect()
+    }
+
+    #[cfg(test)]
+    mod tests {
+        #[test]
+        fn det_values_match_the_python_self_check() {
+            let got: Vec<f64> = super::det_values("check", 4, 1.0, 0.0).iter().map(|&v| f64::from(v)).collect();
+            assert_eq!(got, [0.04737353324890137, -0.14812350273132324, -0.619655966758728, 0.6241564750671387]);
+        }
+    }
+}

@@ -1,0 +1,15 @@
+//! gen-eval: the evaluator. FID exactly as pytorch-fid computes it (the FID InceptionV3, its
+//! preprocessing, f64 statistics, the Fréchet distance), and the statistics files of pytorch-fid,
+//! clean-fid and the ADM evaluator.
+
+pub mod features;
+pub mod frechet;
+pub mod inception;
+pub mod npz;
+pub mod preprocess;
+pub mod stats;
+pub mod stats_file;
+
+pub use frechet::{frechet_distance, FrechetError, FrechetOptions, Gaussian};
+pub use inception::{FidInception, Tap};
+pub use stats::StatsAccumulator;

@@ -1,0 +1,97 @@
+//! Feature statistics: the mean and (unbiased) covariance of N feature vectors, accumulated batch by batch
+//! in f64 so memory stays flat in N, as `np.mean(act, 0)` / `np.cov(act, rowvar=False)` on pytorch-fid's
+//! float64 activations.
+
+use faer::Mat;
+
+use crate::frechet::Gaussian;
+
+/// Running mean and centred scatter `Σ (x − μ)(x − μ)ᵀ`, merged batch by batch (Chan et al.), which
+/// keeps the precision of a two-pass computation.
+#[derive(Clone, Debug)]
+pub struct StatsAccumulator {
+    dims: usize,
+    n: usize,
+    mean: Vec<f64>,
+    scatter: Mat<f64>,
+}
+
+impl StatsAccumulator {
+    pub fn new(dims: usize) -> Self {
+        StatsAccumulator { dims, n: 0, mean: vec![0.0; dims], scatter: Mat::zeros(dims, dims) }
+    }
+
+    pub fn count(&self) -> usize {
+        self.n
+    }
+
+    pub fn dims(&self) -> usize {
+        self.dims
+    }
+
+    /// Adds `rows` feature vectors given row-major in `features` (`rows × dims` values).
+    pub fn add(&mut self, features: &[f32]) {
+        let d = self.dims;
+        let m = features.len() / d.max(1);
+        if m == 0 {
+            return;
+        }
+        let mut bmean = vec![0.0f64; d];
+        for row in features.chunks_exact(d) {
+            for (acc, &v) in bmean.iter_mut().zip(row) {
+                *acc += f64::from(v);
+            }
+        }
+        bmean.iter_mut().for_each(|v| *v /= m as f64);
+        // centred batch [m, d] and its scatter Xcᵀ Xc
+        let xc = Mat::from_fn(m, d, |i, j| f64::from(features[i * d + j]) - bmean[j]);
+        let bscatter = xc.transpose() * &xc;
+        let (na, nb) = (self.n as f64, m as f64);
+        let n = na + nb;
+        let delta: Vec<f64> = bmean.iter().zip(&self.mean).map(|(b, a)| b - a).collect();
+        let w = na * nb / n;
+        self.scatter = Mat::from_fn(d, d, |i, j| self.scatter[(i, j)] + bscatter[(i, j)] + delta[i] * delta[j] * w);
+        for (mean, dl) in self.mean.iter_mut().zip(&delta) {
+            *mean += dl * nb / n;
+        }
+        self.n += m;
+    }
+
+    /// μ and the unbiased covariance (divided by N − 1, as `np.cov`); None with fewer than 2 samples.
+    pub fn finish(&self) -> Option<Gaussian> {
+        if self.n < 2 {
+            return None;
+        }
+        let d = self.dims;
+        let k = 1.0 / (self.n - 1) as f64;
+        let sigma = (0..d * d).map(|idx| self.scatter[(idx / d, idx % d)] * k).collect();
+        Some(Gaussian { mu: self.mean.clone(), sigma })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_merge_to_the_two_pass_mean_and_covariance() {
+        let (n, d) = (37, 5);
+        let x: Vec<f32> = (0..n * d).map(|i| ((i * 7919 % 101) as f32 - 50.0) / 7.0 + 1000.0).collect();
+        let mut acc = StatsAccumulator::new(d);
+        for chunk in x.chunks(d * 8) {
+            acc.add(chunk);
+        }
+        let g = acc.finish().unwrap();
+        let mu: Vec<f64> = (0..d).map(|j| (0..n).map(|i| f64::from(x[i * d + j])).sum::<f64>() / n as f64).collect();
+        for j in 0..d {
+            assert!((g.mu[j] - mu[j]).abs() < 1e-10);
+            for k in 0..d {
+                let c: f64 =
+                    (0..n).map(|i| (f64::from(x[i * d + j]) - mu[j]) * (f64::from(x[i * d + k]) - mu[k])).sum::<f64>()
+                        / (n - 1) as f64;
+                assert!((g.sigma[j * d + k] - c).abs() < 1e-9, "{j},{k}: {} vs {c}", g.sigma[j * d + k]);
+            }
+        }
+        assert!(StatsAccumulator::new(3).finish().is_none());
+    }
+}

@@ -1,0 +1,90 @@
+//! Statistics files: pytorch-fid's `mu`/`sigma` npz (f64, compressed), clean-fid's custom statistics (`mu`
+//! f32, `sigma` f64, compressed) and the ADM evaluator's reference batches (`mu`, `sigma`, `mu_s`,
+//! `sigma_s`, `arr_0`), read into a `Gaussian`; and writing pytorch-fid's layout.
+
+use std::path::Path;
+
+use gen_runtime::{Error, Result};
+
+use crate::frechet::Gaussian;
+use crate::npz::{read_npz, write_npz, NpyArray};
+
+/// The `mu` [d] and `sigma` [d, d] of a statistics npz, checked for shape and finiteness.
+pub fn read_stats(path: &Path) -> Result<Gaussian> {
+    let arrays = read_npz(path)?;
+    let get = |key: &str| {
+        arrays.get(key).ok_or_else(|| {
+            let mut keys: Vec<&String> = arrays.keys().collect();
+            keys.sort();
+            let keys: Vec<&str> = keys.iter().map(|k| k.as_str()).collect();
+            Error::format(
+                path,
+                format!("no '{key}' array (found: {}); a statistics file holds mu and sigma", keys.join(", ")),
+            )
+        })
+    };
+    let (mu, sigma) = (get("mu")?, get("sigma")?);
+    let d = match mu.shape.as_slice() {
+        &[d] if d > 0 => d,
+        s => return Err(Error::format(path, format!("'mu' has shape {s:?}, expected [d]"))),
+    };
+    if sigma.shape != [d, d] {
+        return Err(Error::format(
+            path,
+            format!("'sigma' has shape {:?}, expected [{d}, {d}] (mu has {d})", sigma.shape),
+        ));
+    }
+    let g = Gaussian { mu: mu.to_f64(), sigma: sigma.to_f64() };
+    for (name, values) in [("mu", &g.mu), ("sigma", &g.sigma)] {
+        if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+            return Err(Error::format(path, format!("'{name}' holds a non-finite value ({}) at index {i}", values[i])));
+        }
+    }
+    Ok(g)
+}
+
+/// Writes pytorch-fid's layout (`np.savez_compressed(path, mu=mu, sigma=sigma)`, f64).
+pub fn write_stats(path: &Path, g: &Gaussian) -> Result<()> {
+    let d = g.dims();
+    let mu = NpyArray::f64(vec![d], g.mu.clone());
+    let sigma = NpyArray::f64(vec![d, d], g.sigma.clone());
+    write_npz(path, &[("mu", &mu), ("sigma", &sigma)], true)
+}
+
+/// Whether an npz holds statistics (`mu` and `sigma`) or only a batch of images (`arr_0`, ADM samples).
+pub fn npz_kind(path: &Path) -> Result<NpzKind> {
+    let arrays = read_npz(path)?;
+    if arrays.contains_key("mu") || arrays.contains_key("sigma") {
+        return Ok(NpzKind::Stats);
+    }
+    match arrays.get("arr_0") {
+        Some(a) if a.shape.len() == 4 && a.shape[3] == 3 && matches!(a.data, crate::npz::NpyData::U8(_)) => {
+            Ok(NpzKind::Images)
+        }
+        Some(a) => {
+            Err(Error::format(path, format!("'arr_0' has shape {:?}, expected uint8 images [N, H, W, 3]", a.shape)))
+        }
+        None => Err(Error::format(path, "holds neither statistics (mu, sigma) nor images (arr_0)")),
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NpzKind {
+    Stats,
+    Images,
+}
+
+/// The images of an ADM sample batch (`arr_0` uint8 [N, H, W, 3], NHWC).
+pub fn read_image_batch(path: &Path) -> Result<Vec<gen_runtime::imageio::RgbImage>> {
+    let mut arrays = read_npz(path)?;
+    let a = arrays.remove("arr_0").ok_or_else(|| Error::format(path, "no 'arr_0' image batch"))?;
+    let (n, h, w) = match a.shape.as_slice() {
+        &[n, h, w, 3] if h > 0 && w > 0 => (n, h, w),
+        s => return Err(Error::format(path, format!("'arr_0' has shape {s:?}, expected [N, H, W, 3]"))),
+    };
+    let crate::npz::NpyData::U8(data) = a.data else {
+        return Err(Error::format(path, "'arr_0' is not uint8"));
+    };
+    let px = h * w * 3;
+    Ok((0..n).map(|i| gen_runtime::imageio::RgbImage::new(w, h, data[i * px..(i + 1) * px].to_vec())).collect())
+}
