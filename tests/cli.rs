@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use candle_core::{DType, Device, Tensor};
-use gen_tests::fixture;
+use gen_tests::{assert_one_line_error, fixture};
 
 fn gen(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_gen")).args(args).output().expect("gen runs")
@@ -24,18 +24,6 @@ fn s(p: &Path) -> &str {
 
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-/// Asserts a failure with exactly one `error:` line that contains every `needle`, and no panic.
-fn assert_one_line_error(o: &Output, needles: &[&str]) {
-    let err = stderr(o);
-    assert!(!o.status.success(), "expected failure, stderr: {err}");
-    assert!(!err.contains("panicked"), "panic: {err}");
-    let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
-    assert_eq!(lines.len(), 1, "expected one error line, got: {err}");
-    for n in needles {
-        assert!(lines[0].contains(n), "error line lacks '{n}': {}", lines[0]);
-    }
 }
 
 fn decode_png(p: &Path) -> Vec<u8> {

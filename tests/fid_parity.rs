@@ -125,3 +125,169 @@ fn frechet_distance_matches_every_pytorch_fid_branch() {
         other => panic!("raise4: expected the imaginary-component error, got {other:?}"),
     }
 }
+
+// ----- statistics files -----
+
+#[test]
+fn pytorch_fid_and_adm_npz_files_read_exactly() {
+    let Some(root) = fixture("fid") else { return };
+    let e2e = load(&root.join("e2e_stats64.safetensors"));
+    let g = gen_eval::stats_file::read_stats(&root.join("stats_A_dims64.npz")).unwrap();
+    assert_eq!(g.mu, f64s(&e2e["A.mu"]));
+    assert_eq!(g.sigma, f64s(&e2e["A.sigma"]));
+    let adm = gen_eval::npz::read_npz(&root.join("adm_ref_batch.npz")).unwrap();
+    assert_eq!((adm["arr_0"].shape.as_slice(), adm["mu"].shape.as_slice()), (&[6, 16, 16, 3][..], &[16][..]));
+    assert_eq!((adm["mu_s"].shape.as_slice(), adm["sigma_s"].shape.as_slice()), (&[12][..], &[12, 12][..]));
+    let ref_stats = gen_eval::stats_file::read_stats(&root.join("adm_ref_batch.npz")).unwrap();
+    assert_eq!(ref_stats.mu, adm["mu"].to_f64());
+    let samples = gen_eval::stats_file::read_image_batch(&root.join("adm_sample_batch.npz")).unwrap();
+    assert_eq!((samples.len(), samples[0].width, samples[0].height), (5, 16, 16));
+    // written statistics read back bit for bit
+    let out = std::env::temp_dir().join(format!("gen-fid-stats-{}.npz", std::process::id()));
+    gen_eval::stats_file::write_stats(&out, &g).unwrap();
+    assert_eq!(gen_eval::stats_file::read_stats(&out).unwrap(), g);
+    std::fs::remove_file(&out).unwrap();
+}
+
+// ----- `gen fid` end to end -----
+
+/// A file removed when dropped (the det weights are 95 MB).
+struct TempFile(std::path::PathBuf);
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+impl std::ops::Deref for TempFile {
+    type Target = std::path::PathBuf;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+/// The det weights as a safetensors file (what `--inception` takes besides the official .pth).
+fn det_weights_file(root: &Path, name: &str) -> TempFile {
+    let path = std::env::temp_dir().join(format!("gen-fid-det-{}-{name}.safetensors", std::process::id()));
+    let w: Vec<(String, Tensor)> = detinit::build(&root.join("weights_spec.json")).into_iter().collect();
+    gen_runtime::io::save_safetensors(&path, &w, None).unwrap();
+    TempFile(path)
+}
+
+fn gen_fid(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_gen")).arg("fid").args(args).output().unwrap()
+}
+
+fn printed_fid(o: &std::process::Output) -> f64 {
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "gen fid failed: {}", String::from_utf8_lossy(&o.stderr));
+    out.split_whitespace().nth(1).and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("no FID in {out:?}"))
+}
+
+fn expected(root: &Path, dims: &str) -> (f64, f64, f64) {
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(root.join("expected.json")).unwrap()).unwrap();
+    let e = &v[dims];
+    (e["fid"].as_f64().unwrap(), e["atol"].as_f64().unwrap(), e["rtol"].as_f64().unwrap())
+}
+
+#[test]
+fn gen_fid_on_the_golden_folders_prints_the_official_fid() {
+    let Some(root) = fixture("fid") else { return };
+    let w = det_weights_file(&root, "e2e");
+    let (a, b) = (root.join("A"), root.join("B"));
+    let (a, b, w) = (a.to_str().unwrap(), b.to_str().unwrap(), w.to_str().unwrap());
+    for (dims, key) in [("64", "dims64"), ("2048", "dims2048")] {
+        let o = gen_fid(&[a, b, "--inception", w, "--dims", dims, "--digits", "12", "--batch-size", "50", "--quiet"]);
+        let got = printed_fid(&o);
+        let (want, atol, rtol) = expected(&root, key);
+        let err = (got - want).abs();
+        assert!(err <= atol + rtol * want.abs(), "dims {dims}: FID {got} vs official {want} (|diff| {err:.2e})");
+        eprintln!(
+            "gen fid dims {dims}: {got} vs official {want} (|diff| {err:.2e}, tolerance {:.2e})",
+            atol + rtol * want
+        );
+    }
+    // the default output: 4 decimals, the mode, the features and the counts
+    let o = gen_fid(&[a, b, "--inception", w, "--dims", "64", "--quiet"]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(text.trim(), "FID 0.5091 (mode pytorch-fid, inception 64-d, 100 images / 100 images)");
+}
+
+#[test]
+fn saved_statistics_match_the_official_ones_and_give_the_same_fid() {
+    let Some(root) = fixture("fid") else { return };
+    let w = det_weights_file(&root, "save");
+    let dir = std::env::temp_dir().join(format!("gen-fid-save-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = dir.join("A64.npz");
+    let o = gen_fid(&[
+        root.join("A").to_str().unwrap(),
+        "--inception",
+        w.to_str().unwrap(),
+        "--dims",
+        "64",
+        "--save-stats",
+        out.to_str().unwrap(),
+        "--quiet",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let ours = gen_eval::stats_file::read_stats(&out).unwrap();
+    let official = load(&root.join("e2e_stats64.safetensors"));
+    let official_mu = f64s(&official["A.mu"]);
+    let official_sigma = f64s(&official["A.sigma"]);
+    let worst = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max);
+    assert!(worst(&ours.mu, &official_mu) < 2e-5, "mu differs by {}", worst(&ours.mu, &official_mu));
+    assert!(worst(&ours.sigma, &official_sigma) < 1e-8, "sigma differs by {}", worst(&ours.sigma, &official_sigma));
+    // statistics file against folder: the official FID
+    let o = gen_fid(&[
+        root.join("stats_A_dims64.npz").to_str().unwrap(),
+        root.join("B").to_str().unwrap(),
+        "--inception",
+        w.to_str().unwrap(),
+        "--dims",
+        "64",
+        "--digits",
+        "12",
+        "--quiet",
+    ]);
+    let (want, atol, rtol) = expected(&root, "dims64");
+    let got = printed_fid(&o);
+    assert!((got - want).abs() <= atol + rtol * want, "{got} vs {want}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_folder_of_non_square_images_gives_the_statistics_of_their_official_features() {
+    let Some(root) = fixture("fid") else { return };
+    let cases = load(&root.join("cases.safetensors"));
+    let w = det_weights_file(&root, "nonsquare");
+    let dir = std::env::temp_dir().join(format!("gen-fid-nonsquare-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("imgs")).unwrap();
+    let mut official = Vec::new();
+    for i in 0..6 {
+        gen_runtime::imageio::save_png(&dir.join(format!("imgs/{i}.png")), &image(&cases[&format!("img{i}")])).unwrap();
+        official.extend(cases[&format!("pool3_{i}")].to_vec1::<f32>().unwrap());
+    }
+    let out = dir.join("s.npz");
+    let imgs = dir.join("imgs");
+    let o = gen_fid(&[
+        imgs.to_str().unwrap(),
+        "--inception",
+        w.to_str().unwrap(),
+        "--save-stats",
+        out.to_str().unwrap(),
+        "--quiet",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let ours = gen_eval::stats_file::read_stats(&out).unwrap();
+    let mut acc = StatsAccumulator::new(2048);
+    acc.add(&official);
+    let want = acc.finish().unwrap();
+    // features agree to 2e-5 (fixture tolerance): the mean to that, the covariance to ~2·2e-5·max|x − μ|
+    let worst = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max);
+    assert!(worst(&ours.mu, &want.mu) <= 2e-5, "mu differs by {}", worst(&ours.mu, &want.mu));
+    assert!(worst(&ours.sigma, &want.sigma) <= 1e-5, "sigma differs by {}", worst(&ours.sigma, &want.sigma));
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -5,8 +5,8 @@
 //! seconds; `GEN_FUZZ_CASES=n` runs more and `GEN_FUZZ_SEED=s` other ones. Memory is measured by a
 //! counting global allocator: the peak growth during one read must stay under `ALLOWANCE` plus a
 //! multiple of the input's length. Readers covered: the `.pth` reader (zip layer and pickle VM), token
-//! files (safetensors), Fashion-MNIST IDX files, and tokenizer model folders (config.toml). A new reader
-//! (npz, shards) adds a property here.
+//! files (safetensors), Fashion-MNIST IDX files, tokenizer model folders (config.toml) and npz statistics
+//! files. A new reader (shards, …) adds a property here.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::io::{Read, Write};
@@ -430,4 +430,32 @@ fn fuzz_model_folder_config_never_panics_or_overallocates() {
         .unwrap();
     eprintln!("fuzz model folder config: {} edited configs still loaded and built", loaded.load(Ordering::Relaxed));
     report("model folder config");
+}
+
+// ----- npz statistics files (pytorch-fid compressed, ADM stored) -----
+
+#[test]
+fn fuzz_npz_reader_never_panics_or_overallocates() {
+    let Some(fid) = fixture("fid") else { return };
+    let seeds: Vec<(String, Vec<u8>)> = ["stats_A_dims64.npz", "adm_ref_batch.npz", "adm_sample_batch.npz"]
+        .iter()
+        .map(|n| (n.to_string(), std::fs::read(fid.join(n)).unwrap()))
+        .collect();
+    let dir = scratch("npz");
+    let n = seeds.len();
+    runner(1000)
+        .run(&(0..n, mutations()), |(which, muts)| {
+            let (name, bytes) = &seeds[which];
+            let data = mutate(bytes, &muts);
+            let path = dir.join(name);
+            write(&path, &data);
+            let r = bounded(name, data.len(), || {
+                gen_eval::stats_file::read_stats(&path)
+                    .map(|g| g.dims())
+                    .or_else(|_| gen_eval::stats_file::read_image_batch(&path).map(|b| b.len()))
+            })?;
+            check_error(name, &path, &r)
+        })
+        .unwrap();
+    report("npz");
 }

@@ -29,6 +29,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Write Fashion-MNIST images (the demo domain) as PNG files.
     ExportFmnist(export_fmnist::ExportFmnistArgs),
+    /// Fréchet Inception Distance between two image folders or statistics files (pytorch-fid exact).
+    Fid(fid::FidArgs),
 }
 
 /// Parses the process arguments and runs the subcommand; exits non-zero with a one-line error.
@@ -41,6 +43,7 @@ pub fn main() {
         Command::Convert(a) => convert::run(a),
         Command::Bench(a) => bench::run(a),
         Command::ExportFmnist(a) => export_fmnist::run(a),
+        Command::Fid(a) => fid::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {}", one_line(&e));

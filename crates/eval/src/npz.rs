@@ -172,10 +172,10 @@ fn dict_value<'a>(header: &'a str, key: &str) -> Option<&'a str> {
 
 /// Reads every member of an `.npz` (`mu.npy` → key `mu`).
 pub fn read_npz(path: &Path) -> Result<HashMap<String, NpyArray>> {
-    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let file_len = file.metadata().map_err(|e| Error::io(path, e))?.len();
-    let mut zip = zip::ZipArchive::new(std::io::BufReader::new(file))
-        .map_err(|e| Error::format(path, format!("not an .npz (zip) archive: {e}")))?;
+    let (mut zip, file_len) = gen_runtime::zip_guard::open_zip(path).map_err(|e| match e {
+        Error::Format { msg, .. } => Error::format(path, format!("not an .npz archive: {msg}")),
+        other => other,
+    })?;
     let mut out = HashMap::new();
     for i in 0..zip.len() {
         let mut entry = zip.by_index(i).map_err(|e| Error::format(path, format!("zip member {i}: {e}")))?;

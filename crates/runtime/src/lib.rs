@@ -9,6 +9,7 @@ pub mod model_dir;
 pub mod progress;
 pub mod pth;
 pub mod rng;
+pub mod zip_guard;
 
 pub use device::{open_device, parse_dtype, DeviceSpec};
 pub use error::{one_line, Error, Result};

@@ -5,6 +5,7 @@ pub mod convert;
 pub mod decode;
 pub mod encode;
 pub mod export_fmnist;
+pub mod fid;
 mod images;
 pub mod reconstruct;
 mod tokenizer_args;

@@ -5,12 +5,12 @@ use super::tensor::{self, View};
 use crate::error::{Error, Result};
 use candle_core::Tensor;
 use std::fs::File;
-use std::io::{BufReader, Read, Seek, SeekFrom};
+use std::io::{BufReader, Read, Seek};
 use std::path::Path;
 use std::rc::Rc;
 use zip::{CompressionMethod, ZipArchive};
 
-use super::zip_guard;
+use crate::zip_guard;
 
 const LEGACY: &str = "legacy (pre-1.6, non-zip) torch.save format is not supported; re-save it with PyTorch >= 1.6: \
                       torch.save(torch.load(f), f2)";
@@ -43,20 +43,11 @@ impl Archive {
     pub fn open(path: &Path) -> Result<(Archive, Vec<u8>)> {
         let fmt = |msg: String| Error::format(path, msg);
         let file = File::open(path).map_err(|e| Error::io(path, e))?;
-        let file_len = file.metadata().map_err(|e| Error::io(path, e))?.len();
-        let mut file = BufReader::new(file);
         let mut head = Vec::with_capacity(4);
-        (&mut file).take(4).read_to_end(&mut head).map_err(|e| Error::io(path, e))?;
+        file.take(4).read_to_end(&mut head).map_err(|e| Error::io(path, e))?;
         check_magic(&head).map_err(fmt)?;
-        // The zip crate sizes its central-directory table from the end records before reading it; a crafted
-        // ZIP64 record could make that a multi-terabyte allocation (an abort), so they are checked first.
-        zip_guard::check_end_records(&mut file, file_len).map_err(|e| match e {
-            zip_guard::GuardError::Io(e) => Error::io(path, e),
-            zip_guard::GuardError::Implausible(msg) => fmt(msg),
-        })?;
-        file.seek(SeekFrom::Start(0)).map_err(|e| Error::io(path, e))?;
-        let zip = ZipArchive::new(file)
-            .map_err(|e| fmt(format!("not a readable zip archive (truncated or corrupt?): {e}")))?;
+        // The end records are checked before the zip crate sizes its tables from them (see zip_guard).
+        let (zip, file_len) = zip_guard::open_zip(path)?;
         let pickle_name =
             find_pickle(&zip).ok_or_else(|| fmt("the zip holds no data.pkl: not a torch.save checkpoint".into()))?;
         let prefix = pickle_name.strip_suffix("data.pkl").unwrap_or_default().to_owned();

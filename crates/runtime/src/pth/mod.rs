@@ -9,7 +9,6 @@
 mod archive;
 mod pickle;
 mod tensor;
-mod zip_guard;
 
 use crate::error::{Error, Result};
 use candle_core::Tensor;

@@ -718,7 +718,7 @@ fn repeated_v3_rebuilds_of_one_big_keyed_storage_exhaust_the_copy_budget() {
 #[test]
 fn a_forged_zip64_entry_count_is_an_error_not_an_abort() {
     // A tiny file whose ZIP64 end record claims 2^40 entries: the zip crate would try to reserve ~200 TB.
-    let f = super::zip_guard::tests::forged_zip64(60, 1 << 40);
+    let f = crate::zip_guard::tests::forged_zip64(60, 1 << 40);
     let path = std::env::temp_dir().join(format!("gen-pth-test-{}-zip64.pth", std::process::id()));
     std::fs::write(&path, &f).unwrap();
     let msg = message(PthFile::open(&path));

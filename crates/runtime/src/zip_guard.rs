@@ -6,7 +6,13 @@
 //! end backwards, when a later one fails to parse. So every candidate is checked here: a ZIP64 record
 //! whose entry count or directory does not fit in the file makes the whole file corrupt.
 
-use std::io::{Read, Seek, SeekFrom};
+use std::fs::File;
+use std::io::{BufReader, Read, Seek, SeekFrom};
+use std::path::Path;
+
+use zip::ZipArchive;
+
+use crate::error::{Error, Result};
 
 const EOCD_SIG: &[u8; 4] = b"PK\x05\x06";
 const LOCATOR_SIG: &[u8; 4] = b"PK\x06\x07";
@@ -18,7 +24,7 @@ const MIN_CENTRAL_HEADER: u64 = 46;
 const CHUNK: usize = 1 << 20;
 
 #[derive(Debug)]
-pub(super) enum GuardError {
+pub enum GuardError {
     Io(std::io::Error),
     Implausible(String),
 }
@@ -29,8 +35,24 @@ impl From<std::io::Error> for GuardError {
     }
 }
 
+/// Opens a zip archive (`.pth`, `.npz`) whose end records were checked first; returns it with the file's
+/// length. Every error names the file.
+pub fn open_zip(path: &Path) -> Result<(ZipArchive<BufReader<File>>, u64)> {
+    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+    let mut reader = BufReader::new(file);
+    check_end_records(&mut reader, len).map_err(|e| match e {
+        GuardError::Io(e) => Error::io(path, e),
+        GuardError::Implausible(msg) => Error::format(path, msg),
+    })?;
+    reader.seek(SeekFrom::Start(0)).map_err(|e| Error::io(path, e))?;
+    let zip = ZipArchive::new(reader)
+        .map_err(|e| Error::format(path, format!("not a readable zip archive (truncated or corrupt?): {e}")))?;
+    Ok((zip, len))
+}
+
 /// Refuses a file whose ZIP64 end records claim more entries or directory bytes than it can hold.
-pub(super) fn check_end_records<R: Read + Seek>(file: &mut R, file_len: u64) -> Result<(), GuardError> {
+pub fn check_end_records<R: Read + Seek>(file: &mut R, file_len: u64) -> std::result::Result<(), GuardError> {
     for eocd in signature_offsets(file, EOCD_SIG)? {
         check_candidate(file, eocd, file_len)?;
     }
@@ -59,7 +81,7 @@ fn signature_offsets<R: Read + Seek>(file: &mut R, sig: &[u8; 4]) -> std::io::Re
 
 /// One end record at `eocd`: if a ZIP64 locator precedes it and names a ZIP64 record, that record's
 /// entry count and directory must fit in the file.
-fn check_candidate<R: Read + Seek>(file: &mut R, eocd: u64, file_len: u64) -> Result<(), GuardError> {
+fn check_candidate<R: Read + Seek>(file: &mut R, eocd: u64, file_len: u64) -> std::result::Result<(), GuardError> {
     let Some(locator_at) = eocd.checked_sub(LOCATOR_LEN) else { return Ok(()) };
     let locator: [u8; 20] = read_at(file, locator_at)?;
     if &locator[..4] != LOCATOR_SIG {
@@ -113,7 +135,7 @@ fn read_up_to<R: Read>(file: &mut R, buf: &mut [u8]) -> std::io::Result<usize> {
 }
 
 #[cfg(test)]
-pub(super) mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::io::Cursor;
 
