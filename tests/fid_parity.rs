@@ -144,7 +144,7 @@ fn pytorch_fid_and_adm_npz_files_read_exactly() {
     assert_eq!((samples.len(), samples[0].width, samples[0].height), (5, 16, 16));
     // written statistics read back bit for bit
     let out = std::env::temp_dir().join(format!("gen-fid-stats-{}.npz", std::process::id()));
-    gen_eval::stats_file::write_stats(&out, &g).unwrap();
+    gen_eval::stats_file::write_stats(&out, &g, false).unwrap();
     assert_eq!(gen_eval::stats_file::read_stats(&out).unwrap(), g);
     std::fs::remove_file(&out).unwrap();
 }
@@ -290,4 +290,49 @@ fn a_folder_of_non_square_images_gives_the_statistics_of_their_official_features
     assert!(worst(&ours.mu, &want.mu) <= 2e-5, "mu differs by {}", worst(&ours.mu, &want.mu));
     assert!(worst(&ours.sigma, &want.sigma) <= 1e-5, "sigma differs by {}", worst(&ours.sigma, &want.sigma));
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn gen_fid_clean_mode_names_its_protocol_and_writes_clean_fid_statistics() {
+    let Some(root) = fixture("fid") else { return };
+    let w = det_weights_file(&root, "clean");
+    let (a, b) = (root.join("A"), root.join("B"));
+    let o = gen_fid(&[
+        a.to_str().unwrap(),
+        b.to_str().unwrap(),
+        "--inception",
+        w.to_str().unwrap(),
+        "--dims",
+        "64",
+        "--mode",
+        "clean",
+        "--quiet",
+    ]);
+    let text = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(o.status.success() && text.contains("(mode clean, inception 64-d, 100 images / 100 images)"), "{text}");
+    let clean = printed_fid(&o);
+    let (pytorch, _, _) = expected(&root, "dims64");
+    assert!(
+        clean.is_finite() && clean > 0.0 && (clean - pytorch).abs() > 1e-3,
+        "clean {clean} vs pytorch-fid {pytorch}"
+    );
+    // --save-stats in clean mode: clean-fid's layout (mu f32, sigma f64)
+    let out = std::env::temp_dir().join(format!("gen-fid-clean-{}.npz", std::process::id()));
+    let o = gen_fid(&[
+        a.to_str().unwrap(),
+        "--inception",
+        w.to_str().unwrap(),
+        "--dims",
+        "64",
+        "--mode",
+        "clean",
+        "--save-stats",
+        out.to_str().unwrap(),
+        "--quiet",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let arrays = gen_eval::npz::read_npz(&out).unwrap();
+    assert!(matches!(arrays["mu"].data, gen_eval::npz::NpyData::F32(_)));
+    assert!(matches!(arrays["sigma"].data, gen_eval::npz::NpyData::F64(_)));
+    std::fs::remove_file(&out).unwrap();
 }

@@ -11,7 +11,7 @@ use gen_runtime::{Error, Result};
 use rayon::prelude::*;
 
 use crate::inception::{FidInception, Tap};
-use crate::preprocess::{pytorch_fid_input, INCEPTION_SIZE};
+use crate::preprocess::{Protocol, INCEPTION_SIZE};
 use crate::stats::StatsAccumulator;
 
 /// The file pytorch-fid downloads, and where users get it.
@@ -91,13 +91,13 @@ impl ImageSource<'_> {
     }
 
     /// The network inputs of images `range`, [n, 3, 299, 299], decoded and resized in parallel.
-    fn batch(&self, range: std::ops::Range<usize>, dev: &Device) -> Result<Tensor> {
+    fn batch(&self, range: std::ops::Range<usize>, protocol: Protocol, dev: &Device) -> Result<Tensor> {
         let inputs: Vec<Vec<f32>> = match self {
             ImageSource::Files(files) => files[range]
                 .par_iter()
-                .map(|p| gen_runtime::imageio::load_rgb(p).map(|(img, _)| pytorch_fid_input(&img)))
+                .map(|p| gen_runtime::imageio::load_rgb(p).map(|(img, _)| protocol.input(&img)))
                 .collect::<Result<_>>()?,
-            ImageSource::Memory(images) => images[range].par_iter().map(pytorch_fid_input).collect(),
+            ImageSource::Memory(images) => images[range].par_iter().map(|img| protocol.input(img)).collect(),
         };
         let n = inputs.len();
         let flat: Vec<f32> = inputs.into_iter().flatten().collect();
@@ -105,11 +105,12 @@ impl ImageSource<'_> {
     }
 }
 
-/// pytorch-fid's statistics of `images` at `tap`: features batch by batch, accumulated in f64.
+/// The statistics of `images` at `tap` under `protocol`: features batch by batch, accumulated in f64.
 /// `progress` is called with the number of images done after each batch.
 pub fn statistics(
     model: &FidInception,
     images: &ImageSource,
+    protocol: Protocol,
     tap: Tap,
     batch_size: usize,
     dev: &Device,
@@ -119,7 +120,7 @@ pub fn statistics(
     let mut start = 0;
     while start < images.len() {
         let end = (start + batch_size.max(1)).min(images.len());
-        let x = images.batch(start..end, dev)?;
+        let x = images.batch(start..end, protocol, dev)?;
         let f = model.features(&x, tap)?.to_dtype(DType::F32)?.to_device(&Device::Cpu)?;
         acc.add(&f.flatten_all()?.to_vec1::<f32>()?);
         progress(end);

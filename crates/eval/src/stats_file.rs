@@ -43,10 +43,15 @@ pub fn read_stats(path: &Path) -> Result<Gaussian> {
     Ok(g)
 }
 
-/// Writes pytorch-fid's layout (`np.savez_compressed(path, mu=mu, sigma=sigma)`, f64).
-pub fn write_stats(path: &Path, g: &Gaussian) -> Result<()> {
+/// Writes `np.savez_compressed(path, mu=mu, sigma=sigma)`: pytorch-fid's layout (both f64), or
+/// clean-fid's custom statistics (`mu_f32`: mu in f32, sigma in f64).
+pub fn write_stats(path: &Path, g: &Gaussian, mu_f32: bool) -> Result<()> {
     let d = g.dims();
-    let mu = NpyArray::f64(vec![d], g.mu.clone());
+    let mu = if mu_f32 {
+        NpyArray::f32(vec![d], g.mu.iter().map(|&v| v as f32).collect())
+    } else {
+        NpyArray::f64(vec![d], g.mu.clone())
+    };
     let sigma = NpyArray::f64(vec![d, d], g.sigma.clone());
     write_npz(path, &[("mu", &mu), ("sigma", &sigma)], true)
 }

@@ -7,6 +7,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use clap::{Args, ValueEnum};
 use gen_eval::features::{list_images, load_inception, statistics, ImageSource, INCEPTION_FILE};
+use gen_eval::preprocess::Protocol;
 use gen_eval::stats_file::{npz_kind, read_image_batch, read_stats, write_stats, NpzKind};
 use gen_eval::{frechet_distance, FidInception, FrechetOptions, Gaussian, Tap};
 use gen_runtime::progress;
@@ -20,7 +21,8 @@ pub struct FidArgs {
     /// With --save-stats, one side.
     #[arg(required = true, num_args = 1..=2)]
     pub inputs: Vec<PathBuf>,
-    /// The protocol: pytorch-fid (bilinear resize to 299, the FID Inception).
+    /// The protocol: pytorch-fid (bilinear resize to 299) or clean (clean-fid's PIL bicubic resize); both
+    /// feed the FID Inception.
     #[arg(long, value_enum, default_value_t = Mode::PytorchFid)]
     pub mode: Mode,
     /// pytorch-fid's feature layer: 64, 192, 768 or 2048 (pool3).
@@ -43,6 +45,18 @@ pub struct FidArgs {
 pub enum Mode {
     /// pytorch-fid 0.3.0: ToTensor, bilinear to 299 (align_corners=False), 2x − 1, pool3 of the FID Inception.
     PytorchFid,
+    /// clean-fid 0.1.35 "clean": PIL bicubic to 299 per channel (antialiased), clip, (x − 128)/128; into
+    /// the FID Inception (clean-fid's own TorchScript network is a separate download, see README).
+    Clean,
+}
+
+impl Mode {
+    fn protocol(self) -> Protocol {
+        match self {
+            Mode::PytorchFid => Protocol::PytorchFid,
+            Mode::Clean => Protocol::Clean,
+        }
+    }
 }
 
 /// One side's statistics and how many images made them (None for a statistics file).
@@ -65,7 +79,8 @@ pub fn run(a: FidArgs) -> Result<()> {
         sides.push(side(input, &a, tap, &dev, &mut net)?);
     }
     if let Some(out) = &a.save_stats {
-        write_stats(out, &sides[0].gaussian)?;
+        // clean-fid keeps mu in f32 (its features are f32); pytorch-fid writes both in f64
+        write_stats(out, &sides[0].gaussian, a.mode == Mode::Clean)?;
         if !a.run.quiet {
             eprintln!("wrote the statistics of {} ({} dims) to {}", a.inputs[0].display(), a.dims, out.display());
         }
@@ -76,7 +91,8 @@ pub fn run(a: FidArgs) -> Result<()> {
         .with_context(|| format!("{} vs {}", a.inputs[0].display(), a.inputs[1].display()))?;
     let count = |s: &Side| s.images.map_or("statistics".to_string(), |n| format!("{n} images"));
     println!(
-        "FID {fid:.prec$} (mode pytorch-fid, inception {}-d, {} / {})",
+        "FID {fid:.prec$} (mode {}, inception {}-d, {} / {})",
+        a.mode.protocol().name(),
         a.dims,
         count(x),
         count(y),
@@ -127,7 +143,8 @@ fn side(path: &Path, a: &FidArgs, tap: Tap, dev: &Device, net: &mut Option<FidIn
     }
     let model = net.as_ref().context("the Inception network")?;
     let pb = progress::bar(n as u64, "fid features", a.run.quiet);
-    let acc = statistics(model, &source, tap, a.run.batch_size, dev, |done| pb.set_position(done as u64))?;
+    let acc =
+        statistics(model, &source, a.mode.protocol(), tap, a.run.batch_size, dev, |done| pb.set_position(done as u64))?;
     pb.finish_and_clear();
     let gaussian = acc.finish().context("fewer than 2 images")?;
     Ok(Side { gaussian, images: Some(n) })
