@@ -80,31 +80,6 @@ pub fn unit_range_input(img: &RgbImage) -> Vec<f32> {
     out
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_299_image_passes_through_unchanged() {
-        let data: Vec<u8> = (0..299 * 299 * 3).map(|i| (i * 31 % 256) as u8).collect();
-        let img = RgbImage::new(299, 299, data.clone());
-        let x = pytorch_fid_input(&img);
-        for (i, &v) in data.iter().enumerate().step_by(97) {
-            let (p, c) = (i / 3, i % 3);
-            assert_eq!(x[c * 299 * 299 + p], 2.0 * (f32::from(v) / 255.0) - 1.0);
-        }
-    }
-
-    #[test]
-    fn axis_weights_sum_to_one_and_stay_in_bounds() {
-        for (i, o) in [(32, 299), (400, 299), (17, 299), (1, 299)] {
-            for (a, b, l0, l1) in axis(i, o) {
-                assert!(a < i && b < i && (l0 + l1 - 1.0).abs() < 1e-6);
-            }
-        }
-    }
-}
-
 /// Taps and normalised weights of one axis of PIL's float resample with the Keys bicubic (a = −0.5),
 /// antialiased when downscaling (`ImagingResample` → `precompute_coeffs`, all in f64).
 fn pil_bicubic_axis(input: usize, output: usize) -> Vec<(usize, Vec<f64>)> {
@@ -192,4 +167,29 @@ pub fn clean_fid_input(img: &RgbImage) -> Vec<f32> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_299_image_passes_through_unchanged() {
+        let data: Vec<u8> = (0..299 * 299 * 3).map(|i| (i * 31 % 256) as u8).collect();
+        let img = RgbImage::new(299, 299, data.clone());
+        let x = pytorch_fid_input(&img);
+        for (i, &v) in data.iter().enumerate().step_by(97) {
+            let (p, c) = (i / 3, i % 3);
+            assert_eq!(x[c * 299 * 299 + p], 2.0 * (f32::from(v) / 255.0) - 1.0);
+        }
+    }
+
+    #[test]
+    fn axis_weights_sum_to_one_and_stay_in_bounds() {
+        for (i, o) in [(32, 299), (400, 299), (17, 299), (1, 299)] {
+            for (a, b, l0, l1) in axis(i, o) {
+                assert!(a < i && b < i && (l0 + l1 - 1.0).abs() < 1e-6);
+            }
+        }
+    }
 }
