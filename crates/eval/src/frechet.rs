@@ -2,8 +2,9 @@
 //! `‖μ₁ − μ₂‖² + tr σ₁ + tr σ₂ − 2·tr √(σ₁σ₂)`, everything in f64.
 //!
 //! pytorch-fid takes `tr √(σ₁σ₂)` from `scipy.linalg.sqrtm` (a Schur method on the non-symmetric product).
-//! We take it from symmetric eigensolvers, which is faster and better conditioned: with
-//! `σ₁ = V W Vᵀ`, `σ₁σ₂` is similar to the symmetric `B = W^½ Vᵀ σ₂ V W^½`, so `tr √(σ₁σ₂) = Σ √λᵢ(B)`.
+//! We take it from a symmetric eigensolver, which is faster and better conditioned: for any factor
+//! `σ₁ = C Cᵀ` (Cholesky, or `V W^½` from an eigendecomposition when σ₁ is singular), `σ₁σ₂` is similar
+//! to the symmetric `B = Cᵀ σ₂ C`, so `tr √(σ₁σ₂) = Σ √λᵢ(B)`.
 //! Negative eigenvalues are where scipy's result turns complex: a tiny one (|√λ| ≤ 1e-3, rank-deficient
 //! covariances) contributes 0 as pytorch-fid takes the real part; a large one is pytorch-fid's
 //! `ValueError('Imaginary component …')`. The golden cases agree to 3e-15 (full rank) and 3e-8
@@ -89,16 +90,23 @@ pub fn frechet_distance(a: &Gaussian, b: &Gaussian, opts: FrechetOptions) -> Res
     Ok(diff + a.trace() + b.trace() - 2.0 * tr_covmean)
 }
 
-/// `tr √(σ₁σ₂)` through `σ₁ = V W Vᵀ` and the eigenvalues of `W^½ Vᵀ σ₂ V W^½`.
+/// `tr √(σ₁σ₂)` as `Σ √λᵢ(Cᵀ σ₂ C)` for any factor `σ₁ = C Cᵀ` (the product is similar to σ₁σ₂). C is
+/// the Cholesky factor when σ₁ is positive definite (one triangular factorisation), else `V W^½` from
+/// σ₁'s eigendecomposition (rank-deficient covariances: fewer samples than dimensions).
 fn trace_sqrt_product(s1: &Mat<f64>, s2: &Mat<f64>) -> Result<f64, FrechetError> {
     let d = s1.nrows();
     if d == 0 {
         return Ok(0.0);
     }
-    let evd = s1.self_adjoint_eigen(Side::Lower).map_err(|_| FrechetError::NoConvergence)?;
-    let (v, w) = (evd.U(), evd.S().column_vector());
-    // C = V W^½ (a covariance's tiny negative eigenvalues are rounding: their root is 0)
-    let c = Mat::from_fn(d, d, |i, j| v[(i, j)] * w[j].max(0.0).sqrt());
+    let c = match s1.llt(Side::Lower) {
+        Ok(llt) => llt.L().to_owned(),
+        Err(_) => {
+            let evd = s1.self_adjoint_eigen(Side::Lower).map_err(|_| FrechetError::NoConvergence)?;
+            let (v, w) = (evd.U(), evd.S().column_vector());
+            // a covariance's tiny negative eigenvalues are rounding: their root is 0
+            Mat::from_fn(d, d, |i, j| v[(i, j)] * w[j].max(0.0).sqrt())
+        }
+    };
     let t = s2 * &c; // [d, d]
     let b = c.transpose() * &t;
     let b = Mat::from_fn(d, d, |i, j| 0.5 * (b[(i, j)] + b[(j, i)]));

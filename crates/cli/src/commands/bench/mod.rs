@@ -1,6 +1,7 @@
-//! `gen bench`: our kernels and models side by side with a PyTorch baseline (`bench/torch_bench.py`),
-//! on the same machine at the same thread count, as a table of times and ratios (torch / ours). Items are
-//! grouped by model family, one file each (`kernels.rs`, `tokenizer.rs`; later models add theirs).
+//! `gen bench`: our kernels and models side by side with a Python baseline (`bench/*.py`: PyTorch, and
+//! pytorch-fid / SciPy for the evaluator), on the same machine at the same thread count, as a table of
+//! times and ratios (baseline / ours). Items are grouped by model family, one file each (`kernels.rs`,
+//! `tokenizer.rs`, `fid.rs`; later models add theirs), and each family names its baseline script.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -13,6 +14,7 @@ use clap::Args;
 use gen_runtime::Rng;
 use gen_tokenizer::VqModel;
 
+mod fid;
 mod kernels;
 mod tokenizer;
 
@@ -30,9 +32,9 @@ pub struct BenchArgs {
     /// Skip the PyTorch baseline.
     #[arg(long)]
     pub no_baseline: bool,
-    /// The baseline script.
-    #[arg(long, default_value = "bench/torch_bench.py")]
-    pub baseline: PathBuf,
+    /// The folder of the baseline scripts (each family names its own).
+    #[arg(long, default_value = "bench")]
+    pub baseline_dir: PathBuf,
     #[arg(long, default_value = "python3")]
     pub python: String,
     /// List the items and exit.
@@ -53,11 +55,22 @@ struct Ctx {
 /// The inference model (projection frozen), the trainable model, and its parameters.
 type BenchTokenizer = (VqModel, VqModel, Vec<(String, Var)>);
 
-/// Every item, by model family: `--only` takes item names or family names.
-const FAMILIES: &[(&str, &[Item])] = &[("kernels", kernels::ITEMS), ("tokenizer", tokenizer::ITEMS)];
+/// A model family's items and the baseline script (in `--baseline-dir`) that times the same workloads.
+struct Family {
+    name: &'static str,
+    baseline: &'static str,
+    items: &'static [Item],
+}
 
-fn all_items() -> impl Iterator<Item = (&'static str, &'static Item)> {
-    FAMILIES.iter().flat_map(|(family, items)| items.iter().map(move |item| (*family, item)))
+/// Every item, by model family: `--only` takes item names or family names.
+const FAMILIES: &[Family] = &[
+    Family { name: "kernels", baseline: "torch_bench.py", items: kernels::ITEMS },
+    Family { name: "tokenizer", baseline: "torch_bench.py", items: tokenizer::ITEMS },
+    Family { name: "fid", baseline: "fid_bench.py", items: fid::ITEMS },
+];
+
+fn all_items() -> impl Iterator<Item = (&'static Family, &'static Item)> {
+    FAMILIES.iter().flat_map(|family| family.items.iter().map(move |item| (family, item)))
 }
 
 pub(super) fn rand(rng: &mut Rng, shape: &[usize], std: f64) -> Result<Tensor> {
@@ -70,15 +83,16 @@ fn min_median(ms: &[f64]) -> (f64, f64) {
     (v[0], v[v.len() / 2])
 }
 
-fn run_baseline(a: &BenchArgs, names: &[&str]) -> Result<BTreeMap<String, Vec<f64>>> {
+fn run_baseline(a: &BenchArgs, script: &str, names: &[&str]) -> Result<BTreeMap<String, Vec<f64>>> {
+    let script = a.baseline_dir.join(script);
     let out = Command::new(&a.python)
-        .arg(&a.baseline)
+        .arg(&script)
         .args(["--threads", &a.threads.to_string(), "--reps", &a.reps.to_string(), "--only", &names.join(",")])
         .output()
-        .with_context(|| format!("cannot run {} {}", a.python, a.baseline.display()))?;
+        .with_context(|| format!("cannot run {} {}", a.python, script.display()))?;
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr);
-        bail!("{} failed: {}", a.baseline.display(), err.lines().last().unwrap_or("no output"));
+        bail!("{} failed: {}", script.display(), err.lines().last().unwrap_or("no output"));
     }
     let mut res = BTreeMap::new();
     for line in String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.starts_with('{')) {
@@ -95,16 +109,16 @@ fn run_baseline(a: &BenchArgs, names: &[&str]) -> Result<BTreeMap<String, Vec<f6
 
 pub fn run(a: BenchArgs) -> Result<()> {
     if a.list {
-        all_items().for_each(|(family, (n, _))| println!("{family}\t{n}"));
+        all_items().for_each(|(family, (n, _))| println!("{}\t{n}", family.name));
         return Ok(());
     }
-    let selected: Vec<&Item> = match &a.only {
-        None => all_items().map(|(_, item)| item).collect(),
+    let selected: Vec<(&Family, &Item)> = match &a.only {
+        None => all_items().collect(),
         Some(list) => {
             let mut chosen = Vec::new();
             for n in list.split(',').map(str::trim) {
-                let matching: Vec<&Item> =
-                    all_items().filter(|(family, (name, _))| *name == n || *family == n).map(|(_, i)| i).collect();
+                let matching: Vec<(&Family, &Item)> =
+                    all_items().filter(|(family, (name, _))| *name == n || family.name == n).collect();
                 if matching.is_empty() {
                     bail!("--only: unknown item or family '{n}' (see --list)");
                 }
@@ -115,11 +129,11 @@ pub fn run(a: BenchArgs) -> Result<()> {
     };
     crate::args::set_threads(a.threads);
     let mut ctx = Ctx::default();
-    let mut ours: Vec<(&str, Vec<f64>)> = Vec::new();
-    for (name, make) in &selected {
+    let mut ours: Vec<(&str, &str, Vec<f64>)> = Vec::new(); // (name, baseline script, times)
+    for (family, (name, make)) in &selected {
         let mut f = make(&mut ctx)?;
         f()?; // warm-up
-        let reps = if name.starts_with("tok_") { a.reps.min(3) } else { a.reps };
+        let reps = if name.starts_with("tok_") || name.starts_with("fid_") { a.reps.min(3) } else { a.reps };
         let mut ms = Vec::with_capacity(reps);
         for _ in 0..reps {
             let t = Instant::now();
@@ -127,23 +141,28 @@ pub fn run(a: BenchArgs) -> Result<()> {
             ms.push(t.elapsed().as_secs_f64() * 1e3);
         }
         eprintln!("bench: {name}: {:.1} ms (min)", min_median(&ms).0);
-        ours.push((name, ms));
+        ours.push((name, family.baseline, ms));
     }
     drop(ctx);
-    // ask the baseline for the items it has (the `_openblas` and `_candle_nograd` rows are ours only)
-    let names: Vec<&str> =
-        ours.iter().map(|(n, _)| *n).filter(|n| !n.ends_with("_openblas") && !n.ends_with("_nograd")).collect();
-    let base = if a.no_baseline {
-        BTreeMap::new()
-    } else {
-        run_baseline(&a, &names).unwrap_or_else(|e| {
-            eprintln!("bench: no PyTorch baseline ({e:#}); see bench/README.md to install it");
-            BTreeMap::new()
-        })
-    };
-    println!("| item | gen min / median (ms) | torch min / median (ms) | ratio torch/gen (min) |");
+    // ask each baseline script for the items it has (the `_openblas` and `_candle_nograd` rows are ours only)
+    let mut base = BTreeMap::new();
+    let mut scripts: Vec<&str> = ours.iter().map(|(_, s, _)| *s).collect();
+    scripts.sort_unstable();
+    scripts.dedup();
+    for script in scripts.into_iter().filter(|_| !a.no_baseline) {
+        let names: Vec<&str> = ours
+            .iter()
+            .filter(|(n, s, _)| *s == script && !n.ends_with("_openblas") && !n.ends_with("_nograd"))
+            .map(|(n, _, _)| *n)
+            .collect();
+        match run_baseline(&a, script, &names) {
+            Ok(times) => base.extend(times),
+            Err(e) => eprintln!("bench: no baseline from {script} ({e:#}); see bench/README.md to install it"),
+        }
+    }
+    println!("| item | gen min / median (ms) | baseline min / median (ms) | ratio baseline/gen (min) |");
     println!("|---|---|---|---|");
-    for (name, ms) in &ours {
+    for (name, _, ms) in &ours {
         let (gmin, gmed) = min_median(ms);
         match base.get(name.trim_end_matches("_openblas").replace("_candle_nograd", "_fwd").as_str()) {
             Some(t) => {
