@@ -10,7 +10,7 @@
 
 use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
-use gen_nn::kernels::{conv2d_hw, max_pool2d};
+use gen_nn::kernels::{avg_pool2d_exclude_pad, conv2d_hw, max_pool2d};
 
 /// BatchNorm eps of the TF-ported Inception.
 const BN_EPS: f64 = 1e-3;
@@ -97,23 +97,7 @@ impl Module for BasicConv2d {
 /// `F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)`: each window's sum over its valid
 /// pixels divided by their count (4 in corners, 6 on edges, 9 inside).
 fn avg_pool3_exclude_pad(x: &Tensor) -> Result<Tensor> {
-    let (_, _, h, w) = x.dims4()?;
-    let window_sum = |t: &Tensor| -> Result<Tensor> {
-        let p = t.pad_with_zeros(2, 1, 1)?.pad_with_zeros(3, 1, 1)?;
-        let mut sum: Option<Tensor> = None;
-        for dy in 0..3 {
-            for dx in 0..3 {
-                let s = p.narrow(2, dy, h)?.narrow(3, dx, w)?;
-                sum = Some(match sum {
-                    None => s,
-                    Some(acc) => (acc + s)?,
-                });
-            }
-        }
-        sum.ok_or_else(|| candle_core::Error::Msg("empty window".into()))
-    };
-    let count = window_sum(&Tensor::ones((1, 1, h, w), x.dtype(), x.device())?)?;
-    window_sum(x)?.broadcast_div(&count)
+    avg_pool2d_exclude_pad(x, 3, 1, 1)
 }
 
 /// FIDInceptionA (Mixed_5b/5c/5d): [1x1 64, 5x5 64, 3x3dbl 96, pool `pool_features`].

@@ -29,6 +29,7 @@ macro_rules! dispatch {
     };
 }
 
+pub(crate) mod avg_pool;
 pub(crate) mod conv;
 pub(crate) mod conv_s1;
 /// Only the two dense GEMMs `gen bench` times are public; the strided GEMM the kernels use is not.
@@ -44,6 +45,7 @@ mod tests;
 
 use candle_core::{Result, Tensor};
 
+pub use avg_pool::avg_pool2d_exclude_pad;
 pub use pool::max_pool2d;
 pub use rows::{layer_norm, softmax_last_dim, softmax_last_dim_causal};
 

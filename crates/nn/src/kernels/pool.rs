@@ -48,14 +48,32 @@ impl MaxPool2d {
         }
     }
 
+    /// The valid input range `[lo, hi)` of output position `o` along an axis of length `n`.
+    fn window(&self, o: usize, n: usize) -> (usize, usize) {
+        let start = (o * self.stride) as isize - self.pad as isize;
+        (start.max(0) as usize, ((start + self.kernel as isize).max(0) as usize).min(n))
+    }
+
+    /// The window maxima (the value at `argmax`'s first maximum), without recording where they are:
+    /// the backward recomputes that from the input.
     fn fwd<T: Real + PartialOrd>(&self, x: &[T], h: usize, w: usize) -> Result<Vec<T>> {
         let (ho, wo) = self.out(h, w)?;
         let mut y = vec![T::default(); x.len() / (h * w) * ho * wo];
+        let cols: Vec<(usize, usize)> = (0..wo).map(|ox| self.window(ox, w)).collect();
         y.par_chunks_mut(ho * wo).zip(x.par_chunks(h * w)).for_each(|(yp, xp)| {
-            let mut idx = vec![0usize; ho * wo];
-            self.argmax(xp, h, w, ho, wo, &mut idx);
-            for (o, &i) in yp.iter_mut().zip(&idx) {
-                *o = xp[i];
+            for oy in 0..ho {
+                let (y0, y1) = self.window(oy, h);
+                for (ox, &(x0, x1)) in cols.iter().enumerate() {
+                    let mut best = xp[y0 * w + x0];
+                    for row in xp[y0 * w..y1 * w].chunks_exact(w) {
+                        for &v in &row[x0..x1] {
+                            if v > best {
+                                best = v;
+                            }
+                        }
+                    }
+                    yp[oy * wo + ox] = best;
+                }
             }
         });
         Ok(y)

@@ -1,11 +1,19 @@
 //! The float types our CPU kernels run in: f32 (fast paths) and f64 (gradient checks).
 
-use std::ops::{Add, Mul, Sub};
+use std::ops::{Add, Div, Mul, Sub};
 
 use super::simd;
 
 pub trait Real:
-    Copy + Send + Sync + Default + Add<Output = Self> + Sub<Output = Self> + Mul<Output = Self> + 'static
+    Copy
+    + Send
+    + Sync
+    + Default
+    + Add<Output = Self>
+    + Sub<Output = Self>
+    + Mul<Output = Self>
+    + Div<Output = Self>
+    + 'static
 {
     fn from_f64(v: f64) -> Self;
     fn to_f64(self) -> f64;

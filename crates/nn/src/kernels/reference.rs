@@ -57,3 +57,32 @@ pub fn softmax_last_dim_causal(x: &Tensor, offset: usize) -> Result<Tensor> {
     let hidden = Tensor::new(f32::NEG_INFINITY, x.device())?.to_dtype(x.dtype())?.broadcast_as(x.shape())?;
     candle_nn::ops::softmax(&visible.where_cond(x, &hidden)?, D::Minus1)
 }
+
+/// `F.avg_pool2d(x, kernel, stride, pad, count_include_pad=False)` from Candle ops: the sum of the
+/// k×k shifted views of the zero-padded input, subsampled by `stride`, over the same sum of ones.
+pub fn avg_pool2d_exclude_pad(x: &Tensor, kernel: usize, stride: usize, pad: usize) -> Result<Tensor> {
+    let (_, _, h, w) = x.dims4()?;
+    if h + 2 * pad < kernel || w + 2 * pad < kernel || stride == 0 || pad >= kernel {
+        candle_core::bail!("avg_pool2d: kernel {kernel} / padding {pad} do not fit a {h}×{w} input");
+    }
+    let (ho, wo) = ((h + 2 * pad - kernel) / stride + 1, (w + 2 * pad - kernel) / stride + 1);
+    let window_sum = |t: &Tensor| -> Result<Tensor> {
+        let p = t.pad_with_zeros(2, pad, pad)?.pad_with_zeros(3, pad, pad)?;
+        let rows = Tensor::arange_step(0u32, (ho * stride) as u32, stride as u32, t.device())?;
+        let cols = Tensor::arange_step(0u32, (wo * stride) as u32, stride as u32, t.device())?;
+        let mut sum: Option<Tensor> = None;
+        for dy in 0..kernel {
+            for dx in 0..kernel {
+                let v = p.narrow(2, dy, (ho - 1) * stride + 1)?.narrow(3, dx, (wo - 1) * stride + 1)?;
+                let v = v.contiguous()?.index_select(&rows, 2)?.contiguous()?.index_select(&cols, 3)?;
+                sum = Some(match sum {
+                    None => v,
+                    Some(acc) => (acc + v)?,
+                });
+            }
+        }
+        sum.ok_or_else(|| candle_core::Error::Msg("avg_pool2d: empty kernel".into()))
+    };
+    let count = window_sum(&Tensor::ones((1, 1, h, w), x.dtype(), x.device())?)?;
+    window_sum(x)?.broadcast_div(&count)
+}
