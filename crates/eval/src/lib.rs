@@ -5,6 +5,7 @@
 pub mod features;
 pub mod frechet;
 pub mod inception;
+pub mod lpips;
 pub mod npz;
 pub mod preprocess;
 pub mod stats;
