@@ -31,6 +31,8 @@ enum Command {
     ExportFmnist(export_fmnist::ExportFmnistArgs),
     /// Fréchet Inception Distance between two image folders or statistics files (pytorch-fid exact).
     Fid(fid::FidArgs),
+    /// A tokenizer's reconstruction quality: rFID, PSNR, SSIM, LPIPS, codebook utilisation.
+    Rfid(rfid::RfidArgs),
 }
 
 /// Parses the process arguments and runs the subcommand; exits non-zero with a one-line error.
@@ -44,6 +46,7 @@ pub fn main() {
         Command::Bench(a) => bench::run(a),
         Command::ExportFmnist(a) => export_fmnist::run(a),
         Command::Fid(a) => fid::run(a),
+        Command::Rfid(a) => rfid::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {}", one_line(&e));

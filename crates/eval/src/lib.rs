@@ -8,6 +8,7 @@ pub mod inception;
 pub mod lpips;
 pub mod npz;
 pub mod preprocess;
+pub mod quality;
 pub mod stats;
 pub mod stats_file;
 

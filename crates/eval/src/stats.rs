@@ -43,18 +43,29 @@ impl StatsAccumulator {
             }
         }
         bmean.iter_mut().for_each(|v| *v /= m as f64);
-        // centred batch [m, d] and its scatter Xcᵀ Xc
+        // centred batch [m, d] and its scatter Xcᵀ Xc, merged in
         let xc = Mat::from_fn(m, d, |i, j| f64::from(features[i * d + j]) - bmean[j]);
-        let bscatter = xc.transpose() * &xc;
-        let (na, nb) = (self.n as f64, m as f64);
+        let scatter = xc.transpose() * &xc;
+        self.merge(&StatsAccumulator { dims: d, n: m, mean: bmean, scatter });
+    }
+
+    /// Adds the statistics of another set of vectors (the same merge as `add`, so splitting the vectors
+    /// into parts changes nothing beyond rounding).
+    pub fn merge(&mut self, other: &StatsAccumulator) {
+        let d = self.dims;
+        if other.n == 0 {
+            return;
+        }
+        let (na, nb) = (self.n as f64, other.n as f64);
         let n = na + nb;
-        let delta: Vec<f64> = bmean.iter().zip(&self.mean).map(|(b, a)| b - a).collect();
+        let delta: Vec<f64> = other.mean.iter().zip(&self.mean).map(|(b, a)| b - a).collect();
         let w = na * nb / n;
-        self.scatter = Mat::from_fn(d, d, |i, j| self.scatter[(i, j)] + bscatter[(i, j)] + delta[i] * delta[j] * w);
+        self.scatter =
+            Mat::from_fn(d, d, |i, j| self.scatter[(i, j)] + other.scatter[(i, j)] + delta[i] * delta[j] * w);
         for (mean, dl) in self.mean.iter_mut().zip(&delta) {
             *mean += dl * nb / n;
         }
-        self.n += m;
+        self.n += other.n;
     }
 
     /// μ and the unbiased covariance (divided by N − 1, as `np.cov`); None with fewer than 2 samples.

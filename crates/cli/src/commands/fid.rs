@@ -51,7 +51,7 @@ pub enum Mode {
 }
 
 impl Mode {
-    fn protocol(self) -> Protocol {
+    pub fn protocol(self) -> Protocol {
         match self {
             Mode::PytorchFid => Protocol::PytorchFid,
             Mode::Clean => Protocol::Clean,

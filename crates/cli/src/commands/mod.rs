@@ -8,4 +8,5 @@ pub mod export_fmnist;
 pub mod fid;
 mod images;
 pub mod reconstruct;
+pub mod rfid;
 mod tokenizer_args;

@@ -1,0 +1,197 @@
+//! `gen rfid`: a tokenizer's reconstruction quality in one table — rFID (inputs vs reconstructions, in the
+//! chosen FID protocol), PSNR and SSIM (RGB and Y), LPIPS (when the VGG16 and LPIPS weights are given) and
+//! codebook utilisation — as VQGAN-LC's `eval_reconstruction.py` reports them.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device, Tensor};
+use clap::Args;
+use gen_data::fmnist::{FashionMnist, DEFAULT_DIR};
+use gen_eval::features::{list_images, load_inception, statistics, ImageSource, INCEPTION_FILE};
+use gen_eval::lpips::{Lpips, VQGAN_LC_EPS};
+use gen_eval::quality::{psnr, ssim, Channels};
+use gen_eval::{frechet_distance, FrechetOptions, Tap};
+use gen_nn::Weights;
+use gen_runtime::imageio::{self, RgbImage};
+use gen_runtime::progress;
+
+use super::fid::Mode;
+use super::tokenizer_args::TokenizerArgs;
+
+#[derive(Args)]
+pub struct RfidArgs {
+    #[command(flatten)]
+    pub model: TokenizerArgs,
+    /// The images: a folder (recursive; PNG and JPEG), or `fmnist:test` / `fmnist:train` (Fashion-MNIST).
+    #[arg(long)]
+    pub data: String,
+    /// Use only the first N images.
+    #[arg(long)]
+    pub count: Option<usize>,
+    /// FID protocol for rFID (VQGAN-LC reports clean-fid's "clean").
+    #[arg(long, value_enum, default_value_t = Mode::Clean)]
+    pub mode: Mode,
+    /// The FID Inception weights (pytorch-fid's pt_inception-2015-12-05-6726825d.pth or a safetensors copy).
+    #[arg(long, default_value = INCEPTION_FILE)]
+    pub inception: PathBuf,
+    /// torchvision VGG16 weights (`vgg16-397923af.pth`) for LPIPS; LPIPS is skipped without them.
+    #[arg(long, requires = "lpips_lin")]
+    pub lpips_vgg: Option<PathBuf>,
+    /// LPIPS v0.1 linear layers (`vgg.pth` of the lpips package, or VQGAN-LC's `models/vgg.pth`).
+    #[arg(long, requires = "lpips_vgg")]
+    pub lpips_lin: Option<PathBuf>,
+}
+
+/// The images to reconstruct, loaded lazily batch by batch.
+enum Data {
+    Files(Vec<PathBuf>),
+    Fmnist(FashionMnist, usize),
+}
+
+impl Data {
+    fn open(spec: &str, count: Option<usize>, quiet: bool) -> Result<Data> {
+        let data = match spec.strip_prefix("fmnist:") {
+            Some(split) => {
+                let split = match split {
+                    "test" | "t10k" => "t10k",
+                    "train" => "train",
+                    other => bail!("--data fmnist:{other}: expected fmnist:test or fmnist:train"),
+                };
+                let ds = FashionMnist::load(std::path::Path::new(DEFAULT_DIR), split)?;
+                let n = count.unwrap_or(ds.len()).min(ds.len());
+                Data::Fmnist(ds, n)
+            }
+            None => {
+                let (mut files, skipped) = list_images(std::path::Path::new(spec))?;
+                if skipped > 0 && !quiet {
+                    eprintln!("note: {spec}: skipped {skipped} files that are not PNG or JPEG images");
+                }
+                files.truncate(count.unwrap_or(files.len()));
+                Data::Files(files)
+            }
+        };
+        Ok(data)
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Data::Files(f) => f.len(),
+            Data::Fmnist(_, n) => *n,
+        }
+    }
+
+    fn image(&self, i: usize) -> Result<RgbImage> {
+        Ok(match self {
+            Data::Files(f) => imageio::load_rgb(&f[i])?.0,
+            Data::Fmnist(ds, _) => ds.rgb(i),
+        })
+    }
+}
+
+/// Running sums of the per-image metrics.
+#[derive(Default)]
+struct Sums {
+    psnr: f64,
+    psnr_y: f64,
+    ssim: f64,
+    ssim_y: f64,
+    lpips: f64,
+    n: usize,
+}
+
+pub fn run(a: RfidArgs) -> Result<()> {
+    let data = Data::open(&a.data, a.count, a.model.run.quiet)?;
+    let n = data.len();
+    if n < 2 {
+        bail!("--data {}: {n} image; rFID needs at least 2", a.data);
+    }
+    let (model, dev, dtype) = a.model.open()?;
+    let size = model.config.resolution;
+    let vocab = model.quantizer.codebook_size()?;
+    let inception = load_inception(&a.inception, &dev)?;
+    let lpips = match (&a.lpips_vgg, &a.lpips_lin) {
+        (Some(vgg), Some(lin)) => Some(load_lpips(vgg, lin, &dev)?),
+        _ => None,
+    };
+    let (quiet, batch) = (a.model.run.quiet, a.model.run.batch_size);
+    let protocol = a.mode.protocol();
+    let mut real = gen_eval::StatsAccumulator::new(2048);
+    let mut fake = gen_eval::StatsAccumulator::new(2048);
+    let (mut used, mut sums) = (HashSet::new(), Sums::default());
+    let pb = progress::bar(n as u64, "rfid", quiet);
+    let mut start = 0;
+    while start < n {
+        let end = (start + batch).min(n);
+        let inputs: Vec<RgbImage> =
+            (start..end).map(|i| data.image(i).map(|img| imageio::preprocess(&img, size))).collect::<Result<_>>()?;
+        let x = Tensor::stack(
+            &inputs.iter().map(|img| imageio::to_tensor(img, &dev)).collect::<candle_core::Result<Vec<_>>>()?,
+            0,
+        )?
+        .to_dtype(dtype)?;
+        let (xrec, ids) = model.reconstruct(&x)?;
+        used.extend(ids.flatten_all()?.to_vec1::<u32>()?);
+        let recons: Vec<RgbImage> =
+            (0..inputs.len()).map(|i| imageio::from_tensor(&xrec.get(i)?)).collect::<candle_core::Result<_>>()?;
+        for (x_img, r_img) in inputs.iter().zip(&recons) {
+            sums.psnr += psnr(x_img, r_img, Channels::Rgb).map_err(anyhow::Error::msg)?;
+            sums.psnr_y += psnr(x_img, r_img, Channels::Y).map_err(anyhow::Error::msg)?;
+            sums.ssim += ssim(x_img, r_img, Channels::Rgb).map_err(anyhow::Error::msg)?;
+            sums.ssim_y += ssim(x_img, r_img, Channels::Y).map_err(anyhow::Error::msg)?;
+            sums.n += 1;
+        }
+        if let Some(net) = &lpips {
+            let d = net.forward(&x.to_dtype(DType::F32)?, &xrec.to_dtype(DType::F32)?.clamp(-1f32, 1f32)?)?.dist;
+            sums.lpips += d.flatten_all()?.to_vec1::<f32>()?.iter().map(|&v| f64::from(v)).sum::<f64>();
+        }
+        for (side, images) in [(&mut real, &inputs), (&mut fake, &recons)] {
+            let acc =
+                statistics(&inception, &ImageSource::Memory(images), protocol, Tap::Dims2048, batch, &dev, |_| {})?;
+            side.merge(&acc);
+        }
+        pb.set_position(end as u64);
+        start = end;
+    }
+    pb.finish_and_clear();
+    let (gr, gf) = (real.finish().context("statistics")?, fake.finish().context("statistics")?);
+    if n <= 2048 && !quiet {
+        eprintln!("warning: {n} images for 2048 dimensions: the covariances are singular; rFID is computed anyway");
+    }
+    let rfid = frechet_distance(&gr, &gf, FrechetOptions::default())?;
+    let k = sums.n as f64;
+    println!("| metric | value |");
+    println!("|---|---|");
+    println!("| rFID ({}, inception 2048-d) | {rfid:.4} |", protocol.name());
+    println!("| PSNR RGB / Y (dB) | {:.4} / {:.4} |", sums.psnr / k, sums.psnr_y / k);
+    println!("| SSIM RGB / Y | {:.4} / {:.4} |", sums.ssim / k, sums.ssim_y / k);
+    match lpips {
+        Some(_) => println!("| LPIPS (VGG, v0.1) | {:.4} |", sums.lpips / k),
+        None => println!("| LPIPS | – (give --lpips-vgg and --lpips-lin) |"),
+    }
+    println!(
+        "| codebook utilisation | {:.2}% ({} of {vocab} codes) |",
+        100.0 * used.len() as f64 / vocab as f64,
+        used.len()
+    );
+    println!("| images | {n} at {size}² |");
+    Ok(())
+}
+
+/// LPIPS from torchvision's VGG16 (`.pth` or safetensors) and the v0.1 linear layers.
+fn load_lpips(vgg: &std::path::Path, lin: &std::path::Path, dev: &Device) -> Result<Lpips> {
+    let read = |p: &std::path::Path| -> Result<std::collections::HashMap<String, Tensor>> {
+        if !p.exists() {
+            bail!("{}: not found (VGG16: torchvision's vgg16-397923af.pth; lins: the lpips package's weights/v0.1/vgg.pth)", p.display());
+        }
+        Ok(if p.extension().is_some_and(|e| e == "safetensors") {
+            gen_runtime::io::load_safetensors(p, &Device::Cpu)?
+        } else {
+            gen_runtime::pth::load_state_dict(p, None)?
+        })
+    };
+    let trunk = Weights::new(vgg.display().to_string(), read(vgg)?);
+    let lins = Weights::new(lin.display().to_string(), read(lin)?);
+    Ok(Lpips::new(trunk.var_builder(DType::F32, dev), lins.var_builder(DType::F32, dev), VQGAN_LC_EPS)?)
+}
