@@ -336,3 +336,72 @@ fn gen_fid_clean_mode_names_its_protocol_and_writes_clean_fid_statistics() {
     assert!(matches!(arrays["sigma"].data, gen_eval::npz::NpyData::F64(_)));
     std::fs::remove_file(&out).unwrap();
 }
+
+#[test]
+fn features_of_an_image_do_not_depend_on_its_batch() {
+    let Some(root) = fixture("fid") else { return };
+    let net = det_inception(&root);
+    let imgs: Vec<RgbImage> =
+        (0..3).map(|i| gen_runtime::imageio::load_rgb(&root.join(format!("A/{i:03}.png"))).unwrap().0).collect();
+    let batch = Tensor::stack(
+        &imgs.iter().map(|im| chw(pytorch_fid_input(im), 299, 299).squeeze(0).unwrap()).collect::<Vec<_>>(),
+        0,
+    )
+    .unwrap();
+    let together = net.features(&batch, Tap::Dims2048).unwrap().to_vec2::<f32>().unwrap();
+    for (i, im) in imgs.iter().enumerate() {
+        let alone =
+            net.features(&chw(pytorch_fid_input(im), 299, 299), Tap::Dims2048).unwrap().to_vec2::<f32>().unwrap();
+        let same = alone[0].iter().zip(&together[i]).all(|(a, b)| a.to_bits() == b.to_bits());
+        assert!(same, "image {i}: features differ between batch 1 and batch 3");
+    }
+}
+
+#[test]
+fn parts_extracted_separately_merge_to_the_single_run_statistics_bit_for_bit() {
+    let Some(root) = fixture("fid") else { return };
+    let w = det_weights_file(&root, "parts");
+    let dir = std::env::temp_dir().join(format!("gen-fid-parts-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (a, w) = (root.join("A"), w.to_str().unwrap().to_string());
+    let a = a.to_str().unwrap();
+    let common = ["--inception", w.as_str(), "--dims", "64", "--quiet"];
+    // one run, batch 50
+    let single = dir.join("single.npz");
+    let o = gen_fid(&[&[a, "--save-stats", single.to_str().unwrap(), "--batch-size", "50"][..], &common[..]].concat());
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // three parts (33 + 33 + 34 images), another batch size, merged in any order
+    let parts: Vec<std::path::PathBuf> = (0..3).map(|i| dir.join(format!("part{i}.safetensors"))).collect();
+    for (i, p) in parts.iter().enumerate() {
+        let part = format!("{i}/3");
+        let o = gen_fid(
+            &[&[a, "--part", &part, "--save-features", p.to_str().unwrap(), "--batch-size", "7"][..], &common[..]]
+                .concat(),
+        );
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let merged = dir.join("merged.npz");
+    let (p0, p1, p2) = (parts[0].to_str().unwrap(), parts[1].to_str().unwrap(), parts[2].to_str().unwrap());
+    let o = gen_fid(&[&["--merge", p2, p0, p1, "--save-stats", merged.to_str().unwrap()][..], &common[..]].concat());
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let (s, m) =
+        (gen_eval::stats_file::read_stats(&single).unwrap(), gen_eval::stats_file::read_stats(&merged).unwrap());
+    assert!(s.mu.iter().zip(&m.mu).all(|(x, y)| x.to_bits() == y.to_bits()), "mu differs");
+    assert!(s.sigma.iter().zip(&m.sigma).all(|(x, y)| x.to_bits() == y.to_bits()), "sigma differs");
+    // a missing part, or a part used as a whole set, is refused
+    let o = gen_fid(&[&["--merge", p0, p2, "--save-stats", merged.to_str().unwrap()][..], &common[..]].concat());
+    gen_tests::assert_one_line_error(&o, &["part2.safetensors", "starts at image 66 where 33 was expected"]);
+    let o = gen_fid(&[&[p0, a][..], &common[..]].concat());
+    gen_tests::assert_one_line_error(&o, &["part0.safetensors", "holds images 0..33 of 100", "--merge"]);
+    // merged features are a set of their own: the FID against B equals the folder's
+    let all = dir.join("all.safetensors");
+    let o = gen_fid(&[&["--merge", p0, p1, p2, "--save-features", all.to_str().unwrap()][..], &common[..]].concat());
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let b = root.join("B");
+    let via_features = printed_fid(&gen_fid(
+        &[&[all.to_str().unwrap(), b.to_str().unwrap(), "--digits", "12"][..], &common[..]].concat(),
+    ));
+    let via_folder = printed_fid(&gen_fid(&[&[a, b.to_str().unwrap(), "--digits", "12"][..], &common[..]].concat()));
+    assert_eq!(via_features, via_folder);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

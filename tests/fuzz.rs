@@ -459,3 +459,34 @@ fn fuzz_npz_reader_never_panics_or_overallocates() {
         .unwrap();
     report("npz");
 }
+
+// ----- feature files (gen fid --save-features) -----
+
+#[test]
+fn fuzz_features_file_reader_never_panics_or_overallocates() {
+    let dir = scratch("features");
+    let seed = dir.join("seed.safetensors");
+    let f = gen_eval::features_file::FeaturesFile {
+        features: (0..6 * 64).map(|i| (i as f32).sin()).collect(),
+        dims: 64,
+        mode: "pytorch-fid".into(),
+        start: 3,
+        total: 12,
+    };
+    f.write(&seed, (1, 2)).unwrap();
+    let bytes = std::fs::read(&seed).unwrap();
+    runner(1000)
+        .run(&mutations(), |muts| {
+            let data = mutate(&bytes, &muts);
+            let path = dir.join("features.safetensors");
+            write(&path, &data);
+            let r = bounded("features", data.len(), || gen_eval::features_file::FeaturesFile::read(&path))?;
+            if let Ok(f) = &r {
+                prop_assert_eq!(f.features.len(), f.rows() * f.dims);
+                prop_assert!(f.start + f.rows() <= f.total);
+            }
+            check_error("features", &path, &r)
+        })
+        .unwrap();
+    report("features files");
+}

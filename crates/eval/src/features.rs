@@ -105,8 +105,30 @@ impl ImageSource<'_> {
     }
 }
 
-/// The statistics of `images` at `tap` under `protocol`: features batch by batch, accumulated in f64.
-/// `progress` is called with the number of images done after each batch.
+/// The features of `images` at `tap` under `protocol`, batch by batch: `on_batch` gets each batch's
+/// vectors (row-major [n, dims]) and the number of images done.
+pub fn extract(
+    model: &FidInception,
+    images: &ImageSource,
+    protocol: Protocol,
+    tap: Tap,
+    batch_size: usize,
+    dev: &Device,
+    mut on_batch: impl FnMut(&[f32], usize),
+) -> Result<()> {
+    let mut start = 0;
+    while start < images.len() {
+        let end = (start + batch_size.max(1)).min(images.len());
+        let x = images.batch(start..end, protocol, dev)?;
+        let f = model.features(&x, tap)?.to_dtype(DType::F32)?.to_device(&Device::Cpu)?;
+        on_batch(&f.flatten_all()?.to_vec1::<f32>()?, end);
+        start = end;
+    }
+    Ok(())
+}
+
+/// The statistics of `images` at `tap` under `protocol`, accumulated in f64; `progress` gets the number
+/// of images done after each batch.
 pub fn statistics(
     model: &FidInception,
     images: &ImageSource,
@@ -117,14 +139,9 @@ pub fn statistics(
     mut progress: impl FnMut(usize),
 ) -> Result<StatsAccumulator> {
     let mut acc = StatsAccumulator::new(tap.dims());
-    let mut start = 0;
-    while start < images.len() {
-        let end = (start + batch_size.max(1)).min(images.len());
-        let x = images.batch(start..end, protocol, dev)?;
-        let f = model.features(&x, tap)?.to_dtype(DType::F32)?.to_device(&Device::Cpu)?;
-        acc.add(&f.flatten_all()?.to_vec1::<f32>()?);
-        progress(end);
-        start = end;
-    }
+    extract(model, images, protocol, tap, batch_size, dev, |f, done| {
+        acc.add(f);
+        progress(done);
+    })?;
     Ok(acc)
 }

@@ -3,6 +3,7 @@
 //! clean-fid and the ADM evaluator.
 
 pub mod features;
+pub mod features_file;
 pub mod frechet;
 pub mod inception;
 pub mod lpips;

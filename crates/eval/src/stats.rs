@@ -6,7 +6,12 @@ use faer::Mat;
 
 use crate::frechet::Gaussian;
 
-/// Running mean and centred scatter `Σ (x − μ)(x − μ)ᵀ`, merged batch by batch (Chan et al.), which
+/// Feature vectors are folded in chunks of this many, counted from the first vector, whatever the sizes of
+/// the `add` calls: the statistics of a set are then the same bits however it was extracted (one run,
+/// other batch sizes, or `--part`s merged in order).
+const CHUNK: usize = 256;
+
+/// Running mean and centred scatter `Σ (x − μ)(x − μ)ᵀ`, merged chunk by chunk (Chan et al.), which
 /// keeps the precision of a two-pass computation.
 #[derive(Clone, Debug)]
 pub struct StatsAccumulator {
@@ -14,23 +19,39 @@ pub struct StatsAccumulator {
     n: usize,
     mean: Vec<f64>,
     scatter: Mat<f64>,
+    /// Vectors not yet folded in (fewer than `CHUNK`).
+    pending: Vec<f32>,
 }
 
 impl StatsAccumulator {
     pub fn new(dims: usize) -> Self {
-        StatsAccumulator { dims, n: 0, mean: vec![0.0; dims], scatter: Mat::zeros(dims, dims) }
+        StatsAccumulator { dims, n: 0, mean: vec![0.0; dims], scatter: Mat::zeros(dims, dims), pending: Vec::new() }
     }
 
+    /// Vectors added so far.
     pub fn count(&self) -> usize {
-        self.n
+        self.n + self.pending.len() / self.dims.max(1)
     }
 
     pub fn dims(&self) -> usize {
         self.dims
     }
 
-    /// Adds `rows` feature vectors given row-major in `features` (`rows × dims` values).
+    /// Adds feature vectors given row-major in `features` (`rows × dims` values).
     pub fn add(&mut self, features: &[f32]) {
+        self.pending.extend_from_slice(features);
+        let chunk = CHUNK * self.dims;
+        if self.pending.len() >= chunk {
+            let full = self.pending.len() / chunk * chunk;
+            let ready: Vec<f32> = self.pending.drain(..full).collect();
+            for c in ready.chunks(chunk) {
+                self.fold(c);
+            }
+        }
+    }
+
+    /// Folds one chunk of vectors into the running mean and scatter.
+    fn fold(&mut self, features: &[f32]) {
         let d = self.dims;
         let m = features.len() / d.max(1);
         if m == 0 {
@@ -46,12 +67,24 @@ impl StatsAccumulator {
         // centred batch [m, d] and its scatter Xcᵀ Xc, merged in
         let xc = Mat::from_fn(m, d, |i, j| f64::from(features[i * d + j]) - bmean[j]);
         let scatter = xc.transpose() * &xc;
-        self.merge(&StatsAccumulator { dims: d, n: m, mean: bmean, scatter });
+        self.combine(&StatsAccumulator { dims: d, n: m, mean: bmean, scatter, pending: Vec::new() });
     }
 
-    /// Adds the statistics of another set of vectors (the same merge as `add`, so splitting the vectors
-    /// into parts changes nothing beyond rounding).
+    /// Adds the statistics of another, disjoint set of vectors (equal to adding them up to rounding; for
+    /// bit-identical statistics add the vectors themselves).
     pub fn merge(&mut self, other: &StatsAccumulator) {
+        let mut other = other.clone();
+        other.flush();
+        self.combine(&other);
+    }
+
+    /// Folds the pending vectors in.
+    fn flush(&mut self) {
+        let pending = std::mem::take(&mut self.pending);
+        self.fold(&pending);
+    }
+
+    fn combine(&mut self, other: &StatsAccumulator) {
         let d = self.dims;
         if other.n == 0 {
             return;
@@ -70,6 +103,12 @@ impl StatsAccumulator {
 
     /// μ and the unbiased covariance (divided by N − 1, as `np.cov`); None with fewer than 2 samples.
     pub fn finish(&self) -> Option<Gaussian> {
+        let mut all = self.clone();
+        all.flush();
+        all.finish_folded()
+    }
+
+    fn finish_folded(&self) -> Option<Gaussian> {
         if self.n < 2 {
             return None;
         }
@@ -104,5 +143,23 @@ mod tests {
             }
         }
         assert!(StatsAccumulator::new(3).finish().is_none());
+    }
+
+    #[test]
+    fn statistics_are_the_same_bits_whatever_the_add_sizes() {
+        let d = 3;
+        let x: Vec<f32> = (0..700 * d).map(|i| ((i * 7919 % 1009) as f32).sin() * 3.0 + 1.0).collect();
+        let mut one = StatsAccumulator::new(d);
+        one.add(&x);
+        for sizes in [vec![1, 699], vec![256, 256, 188], vec![100, 333, 267], vec![699, 1]] {
+            let mut acc = StatsAccumulator::new(d);
+            let mut at = 0;
+            for n in sizes {
+                acc.add(&x[at * d..(at + n) * d]);
+                at += n;
+            }
+            assert_eq!(acc.count(), 700);
+            assert_eq!(acc.finish(), one.finish());
+        }
     }
 }

@@ -1,15 +1,17 @@
-//! `gen fid`: the Fréchet Inception Distance between two sets of images or statistics, exactly as
-//! pytorch-fid computes it; or `--save-stats` for one set.
+//! `gen fid`: the Fréchet Inception Distance between two sets of images, statistics or features, exactly
+//! as pytorch-fid (or clean-fid's "clean" mode) computes it; `--save-stats` / `--save-features` for one
+//! set; `--part i/n` and `--merge` to spread feature extraction over machines.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use clap::{Args, ValueEnum};
-use gen_eval::features::{list_images, load_inception, statistics, ImageSource, INCEPTION_FILE};
+use gen_eval::features::{extract, list_images, load_inception, ImageSource, INCEPTION_FILE};
+use gen_eval::features_file::{merge_parts, part_range, FeaturesFile};
 use gen_eval::preprocess::Protocol;
 use gen_eval::stats_file::{npz_kind, read_image_batch, read_stats, write_stats, NpzKind};
-use gen_eval::{frechet_distance, FidInception, FrechetOptions, Gaussian, Tap};
+use gen_eval::{frechet_distance, FidInception, FrechetOptions, Gaussian, StatsAccumulator, Tap};
 use gen_runtime::progress;
 
 use crate::args::DeviceArgs;
@@ -17,9 +19,10 @@ use crate::args::DeviceArgs;
 #[derive(Args)]
 pub struct FidArgs {
     /// The two sides: image folders (recursive; PNG and JPEG), statistics files (`.npz` with mu and
-    /// sigma: pytorch-fid, clean-fid, ADM reference batches) or ADM sample batches (`.npz` arr_0).
-    /// With --save-stats, one side.
-    #[arg(required = true, num_args = 1..=2)]
+    /// sigma: pytorch-fid, clean-fid, ADM reference batches), ADM sample batches (`.npz` arr_0) or
+    /// feature files (`.safetensors` from --save-features). With --save-stats / --save-features, one
+    /// side; with --merge, the feature files of the parts.
+    #[arg(required = true)]
     pub inputs: Vec<PathBuf>,
     /// The protocol: pytorch-fid (bilinear resize to 299) or clean (clean-fid's PIL bicubic resize); both
     /// feed the FID Inception.
@@ -31,9 +34,20 @@ pub struct FidArgs {
     /// The FID Inception weights: pytorch-fid's pt_inception-2015-12-05-6726825d.pth, or a safetensors copy.
     #[arg(long, default_value = INCEPTION_FILE)]
     pub inception: PathBuf,
-    /// Write the statistics of the one input (pytorch-fid's compressed npz: mu, sigma in f64) instead.
+    /// Write the statistics of the one input (a compressed npz: pytorch-fid's layout, or clean-fid's with
+    /// --mode clean) instead of comparing.
     #[arg(long)]
     pub save_stats: Option<PathBuf>,
+    /// Write the raw features of the one input (or of its --part) as a features file.
+    #[arg(long)]
+    pub save_features: Option<PathBuf>,
+    /// Extract only part i of n (0-based) of the input folder's sorted images; needs --save-features.
+    #[arg(long, value_parser = parse_part)]
+    pub part: Option<(usize, usize)>,
+    /// The inputs are the feature files of the parts of one set: join them (then --save-stats or
+    /// --save-features).
+    #[arg(long)]
+    pub merge: bool,
     /// Decimals printed.
     #[arg(long, default_value_t = 4)]
     pub digits: usize,
@@ -59,6 +73,17 @@ impl Mode {
     }
 }
 
+/// `--part i/n`.
+fn parse_part(s: &str) -> std::result::Result<(usize, usize), String> {
+    let bad = || format!("'{s}' is not i/n with 0 ≤ i < n (e.g. 0/4)");
+    let (i, n) = s.split_once('/').ok_or_else(bad)?;
+    let (i, n): (usize, usize) = (i.trim().parse().map_err(|_| bad())?, n.trim().parse().map_err(|_| bad())?);
+    if i >= n {
+        return Err(bad());
+    }
+    Ok((i, n))
+}
+
 /// One side's statistics and how many images made them (None for a statistics file).
 struct Side {
     gaussian: Gaussian,
@@ -67,23 +92,40 @@ struct Side {
 
 pub fn run(a: FidArgs) -> Result<()> {
     let tap = Tap::from_dims(a.dims).with_context(|| format!("--dims {}: expected 64, 192, 768 or 2048", a.dims))?;
-    match (&a.save_stats, a.inputs.len()) {
-        (Some(_), 2) => bail!("--save-stats writes the statistics of one input; give one folder"),
-        (None, 1) => bail!("give two inputs to compare (or --save-stats OUT.npz with one)"),
+    let writes = a.save_stats.is_some() || a.save_features.is_some();
+    if a.part.is_some() && a.save_features.is_none() {
+        bail!("--part writes the features of a slice: give --save-features OUT.safetensors");
+    }
+    if a.merge {
+        return merge(&a);
+    }
+    match (writes, a.inputs.len()) {
+        (true, n) if n != 1 => bail!("--save-stats / --save-features write one input; {n} were given"),
+        (false, n) if n != 2 => bail!("give two inputs to compare (or --save-stats OUT.npz with one); {n} were given"),
         _ => {}
     }
     let (dev, _) = a.run.open()?;
     let mut net: Option<FidInception> = None;
+    if let Some(out) = &a.save_features {
+        let file = features_of(&a.inputs[0], &a, tap, &dev, &mut net)?;
+        file.write(out, a.part.unwrap_or((0, 1)))?;
+        if !a.run.quiet {
+            eprintln!(
+                "wrote the features of images {}..{} of {} to {}",
+                file.start,
+                file.start + file.rows(),
+                file.total,
+                out.display()
+            );
+        }
+        return Ok(());
+    }
     let mut sides = Vec::new();
     for input in &a.inputs {
         sides.push(side(input, &a, tap, &dev, &mut net)?);
     }
     if let Some(out) = &a.save_stats {
-        // clean-fid keeps mu in f32 (its features are f32); pytorch-fid writes both in f64
-        write_stats(out, &sides[0].gaussian, a.mode == Mode::Clean)?;
-        if !a.run.quiet {
-            eprintln!("wrote the statistics of {} ({} dims) to {}", a.inputs[0].display(), a.dims, out.display());
-        }
+        save_stats(&a, out, &sides[0].gaussian)?;
         return Ok(());
     }
     let (x, y) = (&sides[0], &sides[1]);
@@ -101,31 +143,146 @@ pub fn run(a: FidArgs) -> Result<()> {
     Ok(())
 }
 
-/// The statistics of one input: read from a file, or computed from its images.
-fn side(path: &Path, a: &FidArgs, tap: Tap, dev: &Device, net: &mut Option<FidInception>) -> Result<Side> {
-    if !path.exists() {
-        bail!("{}: no such folder or file", path.display());
+fn save_stats(a: &FidArgs, out: &Path, g: &Gaussian) -> Result<()> {
+    // clean-fid keeps mu in f32 (its features are f32); pytorch-fid writes both in f64
+    write_stats(out, g, a.mode == Mode::Clean)?;
+    if !a.run.quiet {
+        eprintln!("wrote the statistics ({} dims) to {}", g.dims(), out.display());
     }
-    let batch: Vec<gen_runtime::imageio::RgbImage>;
-    let files: Vec<PathBuf>;
-    let source = if path.is_dir() {
+    Ok(())
+}
+
+/// `--merge`: the parts' feature files joined in order, written as statistics or features.
+fn merge(a: &FidArgs) -> Result<()> {
+    let mut parts = a.inputs.iter().map(|p| Ok((p.clone(), FeaturesFile::read(p)?))).collect::<Result<Vec<_>>>()?;
+    let merged = merge_parts(&mut parts)?;
+    if merged.dims != a.dims {
+        bail!("--merge: the parts have {} dimensions, --dims is {}", merged.dims, a.dims);
+    }
+    match (&a.save_stats, &a.save_features) {
+        (None, None) => bail!("--merge joins feature files: give --save-stats OUT.npz or --save-features OUT"),
+        (stats, features) => {
+            if let Some(out) = features {
+                merged.write(out, (0, 1))?;
+            }
+            if let Some(out) = stats {
+                save_stats(a, out, &gaussian_of(&merged, &a.inputs[0])?)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The statistics of a whole set's features.
+fn gaussian_of(f: &FeaturesFile, path: &Path) -> Result<Gaussian> {
+    let mut acc = StatsAccumulator::new(f.dims);
+    acc.add(&f.features);
+    acc.finish().with_context(|| format!("{}: fewer than 2 feature vectors", path.display()))
+}
+
+/// The images of a folder (the `--part` of it) or of an ADM sample batch, and the set's size.
+enum Images {
+    Files(Vec<PathBuf>),
+    Memory(Vec<gen_runtime::imageio::RgbImage>),
+}
+
+fn images_of(path: &Path, a: &FidArgs) -> Result<(Images, usize, usize)> {
+    let (images, total) = if path.is_dir() {
         let (found, skipped) = list_images(path)?;
         if skipped > 0 && !a.run.quiet {
             eprintln!("note: {}: skipped {skipped} files that are not PNG or JPEG images", path.display());
         }
-        files = found;
-        ImageSource::Files(&files)
-    } else if npz_kind(path)? == NpzKind::Stats {
+        let total = found.len();
+        (Images::Files(found), total)
+    } else {
+        let batch = read_image_batch(path)?;
+        let total = batch.len();
+        (Images::Memory(batch), total)
+    };
+    let range = a.part.map_or(0..total, |(i, n)| part_range(i, n, total));
+    let start = range.start;
+    let images = match images {
+        Images::Files(f) => Images::Files(f[range].to_vec()),
+        Images::Memory(m) => Images::Memory(m[range].to_vec()),
+    };
+    Ok((images, start, total))
+}
+
+/// Runs the Inception over images, with a progress bar; `on_batch` gets each batch's features.
+fn run_features(
+    images: &Images,
+    path: &Path,
+    a: &FidArgs,
+    tap: Tap,
+    dev: &Device,
+    net: &mut Option<FidInception>,
+    on_batch: impl FnMut(&[f32], usize),
+) -> Result<()> {
+    if net.is_none() {
+        *net = Some(load_inception(&a.inception, dev)?);
+    }
+    let model = net.as_ref().context("the Inception network")?;
+    let source = match images {
+        Images::Files(f) => ImageSource::Files(f),
+        Images::Memory(m) => ImageSource::Memory(m),
+    };
+    let pb = progress::bar(source.len() as u64, "fid features", a.run.quiet);
+    let mut on_batch = on_batch;
+    extract(model, &source, a.mode.protocol(), tap, a.run.batch_size, dev, |f, done| {
+        on_batch(f, done);
+        pb.set_position(done as u64);
+    })
+    .with_context(|| format!("{}", path.display()))?;
+    pb.finish_and_clear();
+    Ok(())
+}
+
+/// `--save-features`: the raw features of the input (or of its part).
+fn features_of(
+    path: &Path,
+    a: &FidArgs,
+    tap: Tap,
+    dev: &Device,
+    net: &mut Option<FidInception>,
+) -> Result<FeaturesFile> {
+    if !path.exists() {
+        bail!("{}: no such folder or file", path.display());
+    }
+    let (images, start, total) = images_of(path, a)?;
+    let mut features = Vec::new();
+    run_features(&images, path, a, tap, dev, net, |f, _| features.extend_from_slice(f))?;
+    Ok(FeaturesFile { features, dims: tap.dims(), mode: a.mode.protocol().name().to_string(), start, total })
+}
+
+/// The statistics of one input: read from a file, or computed from its images or features.
+fn side(path: &Path, a: &FidArgs, tap: Tap, dev: &Device, net: &mut Option<FidInception>) -> Result<Side> {
+    if !path.exists() {
+        bail!("{}: no such folder or file", path.display());
+    }
+    if path.extension().is_some_and(|e| e == "safetensors") {
+        let f = FeaturesFile::read(path)?;
+        if f.dims != a.dims {
+            bail!("{}: the features have {} dimensions, --dims is {}", path.display(), f.dims, a.dims);
+        }
+        if f.start != 0 || f.rows() != f.total {
+            bail!(
+                "{}: holds images {}..{} of {}: join the parts with --merge first",
+                path.display(),
+                f.start,
+                f.start + f.rows(),
+                f.total
+            );
+        }
+        return Ok(Side { gaussian: gaussian_of(&f, path)?, images: Some(f.rows()) });
+    }
+    if !path.is_dir() && npz_kind(path)? == NpzKind::Stats {
         let gaussian = read_stats(path)?;
         if gaussian.dims() != a.dims {
             bail!("{}: the statistics have {} dimensions, --dims is {}", path.display(), gaussian.dims(), a.dims);
         }
         return Ok(Side { gaussian, images: None });
-    } else {
-        batch = read_image_batch(path)?;
-        ImageSource::Memory(&batch)
-    };
-    let n = source.len();
+    }
+    let (images, _, n) = images_of(path, a)?;
     if n < 2 {
         bail!("{}: {n} image; the covariance needs at least 2", path.display());
     }
@@ -138,14 +295,8 @@ fn side(path: &Path, a: &FidArgs, tap: Tap, dev: &Device, net: &mut Option<FidIn
             n - 1
         );
     }
-    if net.is_none() {
-        *net = Some(load_inception(&a.inception, dev)?);
-    }
-    let model = net.as_ref().context("the Inception network")?;
-    let pb = progress::bar(n as u64, "fid features", a.run.quiet);
-    let acc =
-        statistics(model, &source, a.mode.protocol(), tap, a.run.batch_size, dev, |done| pb.set_position(done as u64))?;
-    pb.finish_and_clear();
+    let mut acc = StatsAccumulator::new(tap.dims());
+    run_features(&images, path, a, tap, dev, net, |f, _| acc.add(f))?;
     let gaussian = acc.finish().context("fewer than 2 images")?;
     Ok(Side { gaussian, images: Some(n) })
 }
