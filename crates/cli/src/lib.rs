@@ -33,6 +33,10 @@ enum Command {
     Fid(fid::FidArgs),
     /// A tokenizer's reconstruction quality: rFID, PSNR, SSIM, LPIPS, codebook utilisation.
     Rfid(rfid::RfidArgs),
+    /// Train the Fashion-MNIST classifier (class judge and FID features of the demo domain).
+    TrainClassifier(train_classifier::TrainClassifierArgs),
+    /// Per-class accuracy of labelled images under the Fashion-MNIST classifier.
+    EvalClasses(eval_classes::EvalClassesArgs),
 }
 
 /// Parses the process arguments and runs the subcommand; exits non-zero with a one-line error.
@@ -47,6 +51,8 @@ pub fn main() {
         Command::ExportFmnist(a) => export_fmnist::run(a),
         Command::Fid(a) => fid::run(a),
         Command::Rfid(a) => rfid::run(a),
+        Command::TrainClassifier(a) => train_classifier::run(a),
+        Command::EvalClasses(a) => eval_classes::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {}", one_line(&e));

@@ -90,15 +90,24 @@ impl ImageSource<'_> {
         self.len() == 0
     }
 
-    /// The network inputs of images `range`, [n, 3, 299, 299], decoded and resized in parallel.
-    fn batch(&self, range: std::ops::Range<usize>, protocol: Protocol, dev: &Device) -> Result<Tensor> {
-        let inputs: Vec<Vec<f32>> = match self {
+    /// `prepare` applied to images `range`, decoded and prepared in parallel.
+    pub fn prepared(
+        &self,
+        range: std::ops::Range<usize>,
+        prepare: &(dyn Fn(&RgbImage) -> Vec<f32> + Sync),
+    ) -> Result<Vec<Vec<f32>>> {
+        Ok(match self {
             ImageSource::Files(files) => files[range]
                 .par_iter()
-                .map(|p| gen_runtime::imageio::load_rgb(p).map(|(img, _)| protocol.input(&img)))
+                .map(|p| gen_runtime::imageio::load_rgb(p).map(|(img, _)| prepare(&img)))
                 .collect::<Result<_>>()?,
-            ImageSource::Memory(images) => images[range].par_iter().map(|img| protocol.input(img)).collect(),
-        };
+            ImageSource::Memory(images) => images[range].par_iter().map(prepare).collect(),
+        })
+    }
+
+    /// The network inputs of images `range`, [n, 3, 299, 299], decoded and resized in parallel.
+    fn batch(&self, range: std::ops::Range<usize>, protocol: Protocol, dev: &Device) -> Result<Tensor> {
+        let inputs = self.prepared(range, &|img| protocol.input(img))?;
         let n = inputs.len();
         let flat: Vec<f32> = inputs.into_iter().flatten().collect();
         Ok(Tensor::from_vec(flat, (n, 3, INCEPTION_SIZE, INCEPTION_SIZE), dev)?)
@@ -144,4 +153,23 @@ pub fn statistics(
         progress(done);
     })?;
     Ok(acc)
+}
+
+/// The Fashion-MNIST classifier's features (its penultimate layer) of `images`, batch by batch.
+pub fn extract_classifier(
+    model: &crate::classifier::Classifier,
+    images: &ImageSource,
+    batch_size: usize,
+    dev: &Device,
+    mut on_batch: impl FnMut(&[f32], usize),
+) -> Result<()> {
+    let mut start = 0;
+    while start < images.len() {
+        let end = (start + batch_size.max(1)).min(images.len());
+        let x = crate::classifier::batch(&images.prepared(start..end, &crate::classifier::input)?, dev)?;
+        let (f, _) = model.forward(&x)?;
+        on_batch(&f.to_device(&Device::Cpu)?.flatten_all()?.to_vec1::<f32>()?, end);
+        start = end;
+    }
+    Ok(())
 }

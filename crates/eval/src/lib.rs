@@ -2,6 +2,8 @@
 //! preprocessing, f64 statistics, the Fréchet distance), and the statistics files of pytorch-fid,
 //! clean-fid and the ADM evaluator.
 
+pub mod classifier;
+pub mod classifier_train;
 pub mod features;
 pub mod features_file;
 pub mod frechet;

@@ -35,7 +35,7 @@ pub fn run(a: ExportFmnistArgs) -> Result<()> {
         bail!("--start {} --count {}: the {} split has {} images", a.start, a.count, a.split, ds.len());
     }
     for i in a.start..a.start + a.count {
-        let class = CLASS_NAMES[ds.labels[i] as usize].replace('/', "-").replace(' ', "_").to_lowercase();
+        let class = super::eval_classes::slug(CLASS_NAMES[ds.labels[i] as usize]);
         imageio::save_png(&a.out.join(format!("{i:05}-{class}.png")), &ds.rgb(i))?;
     }
     eprintln!("wrote {} Fashion-MNIST images to {}", a.count, a.out.display());

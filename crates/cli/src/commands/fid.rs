@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use clap::{Args, ValueEnum};
-use gen_eval::features::{extract, list_images, load_inception, ImageSource, INCEPTION_FILE};
+use gen_eval::classifier::{load_classifier, Classifier};
+use gen_eval::features::{extract, extract_classifier, list_images, load_inception, ImageSource, INCEPTION_FILE};
 use gen_eval::features_file::{merge_parts, part_range, FeaturesFile};
 use gen_eval::preprocess::Protocol;
 use gen_eval::stats_file::{npz_kind, read_image_batch, read_stats, write_stats, NpzKind};
@@ -28,7 +29,15 @@ pub struct FidArgs {
     /// feed the FID Inception.
     #[arg(long, value_enum, default_value_t = Mode::PytorchFid)]
     pub mode: Mode,
-    /// pytorch-fid's feature layer: 64, 192, 768 or 2048 (pool3).
+    /// The feature space: the FID Inception (a user-supplied download), or the Fashion-MNIST classifier
+    /// shipped in models/fmnist/classifier (its 128-d penultimate layer; no download).
+    #[arg(long, value_enum, default_value_t = Features::Inception)]
+    pub features: Features,
+    /// The classifier model folder for --features fmnist-classifier.
+    #[arg(long, default_value = "models/fmnist/classifier")]
+    pub classifier: PathBuf,
+    /// pytorch-fid's feature layer: 64, 192, 768 or 2048 (pool3). With --features fmnist-classifier the
+    /// classifier's width is used.
     #[arg(long, default_value_t = 2048)]
     pub dims: usize,
     /// The FID Inception weights: pytorch-fid's pt_inception-2015-12-05-6726825d.pth, or a safetensors copy.
@@ -53,6 +62,14 @@ pub struct FidArgs {
     pub digits: usize,
     #[command(flatten)]
     pub run: DeviceArgs,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Features {
+    /// pytorch-fid's FID Inception (`--inception`).
+    Inception,
+    /// The shipped Fashion-MNIST classifier (`--classifier`).
+    FmnistClassifier,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -90,8 +107,19 @@ struct Side {
     images: Option<usize>,
 }
 
-pub fn run(a: FidArgs) -> Result<()> {
-    let tap = Tap::from_dims(a.dims).with_context(|| format!("--dims {}: expected 64, 192, 768 or 2048", a.dims))?;
+pub fn run(mut a: FidArgs) -> Result<()> {
+    if a.features == Features::FmnistClassifier {
+        // the classifier's own width; its preprocessing (gray, 28×28) replaces the protocol's
+        a.dims = gen_runtime::ModelDir::open(&a.classifier, gen_runtime::ModelKind::Classifier)
+            .and_then(|d| d.architecture::<gen_eval::classifier::ClassifierConfig>())
+            .map(|c| c.features)?;
+    }
+    let tap = match a.features {
+        Features::Inception => {
+            Tap::from_dims(a.dims).with_context(|| format!("--dims {}: expected 64, 192, 768 or 2048", a.dims))?
+        }
+        Features::FmnistClassifier => Tap::Dims2048, // unused
+    };
     let writes = a.save_stats.is_some() || a.save_features.is_some();
     if a.part.is_some() && a.save_features.is_none() {
         bail!("--part writes the features of a slice: give --save-features OUT.safetensors");
@@ -105,7 +133,7 @@ pub fn run(a: FidArgs) -> Result<()> {
         _ => {}
     }
     let (dev, _) = a.run.open()?;
-    let mut net: Option<FidInception> = None;
+    let mut net: Option<Extractor> = None;
     if let Some(out) = &a.save_features {
         let file = features_of(&a.inputs[0], &a, tap, &dev, &mut net)?;
         file.write(out, a.part.unwrap_or((0, 1)))?;
@@ -132,15 +160,24 @@ pub fn run(a: FidArgs) -> Result<()> {
     let fid = frechet_distance(&x.gaussian, &y.gaussian, FrechetOptions::default())
         .with_context(|| format!("{} vs {}", a.inputs[0].display(), a.inputs[1].display()))?;
     let count = |s: &Side| s.images.map_or("statistics".to_string(), |n| format!("{n} images"));
-    println!(
-        "FID {fid:.prec$} (mode {}, inception {}-d, {} / {})",
-        a.mode.protocol().name(),
-        a.dims,
-        count(x),
-        count(y),
-        prec = a.digits
-    );
+    println!("FID {fid:.prec$} ({}, {} / {})", describe(&a), count(x), count(y), prec = a.digits);
     Ok(())
+}
+
+/// How the features were made, as printed: `mode pytorch-fid, inception 2048-d`.
+fn describe(a: &FidArgs) -> String {
+    match a.features {
+        Features::Inception => format!("mode {}, inception {}-d", a.mode.protocol().name(), a.dims),
+        Features::FmnistClassifier => format!("features fmnist-classifier {}-d", a.dims),
+    }
+}
+
+/// The feature space's name in feature files.
+fn space_name(a: &FidArgs) -> String {
+    match a.features {
+        Features::Inception => a.mode.protocol().name().to_string(),
+        Features::FmnistClassifier => "fmnist-classifier".to_string(),
+    }
 }
 
 fn save_stats(a: &FidArgs, out: &Path, g: &Gaussian) -> Result<()> {
@@ -215,47 +252,53 @@ fn run_features(
     a: &FidArgs,
     tap: Tap,
     dev: &Device,
-    net: &mut Option<FidInception>,
+    net: &mut Option<Extractor>,
     on_batch: impl FnMut(&[f32], usize),
 ) -> Result<()> {
     if net.is_none() {
-        *net = Some(load_inception(&a.inception, dev)?);
+        *net = Some(match a.features {
+            Features::Inception => Extractor::Inception(Box::new(load_inception(&a.inception, dev)?)),
+            Features::FmnistClassifier => Extractor::Classifier(load_classifier(&a.classifier, dev)?),
+        });
     }
-    let model = net.as_ref().context("the Inception network")?;
     let source = match images {
         Images::Files(f) => ImageSource::Files(f),
         Images::Memory(m) => ImageSource::Memory(m),
     };
     let pb = progress::bar(source.len() as u64, "fid features", a.run.quiet);
     let mut on_batch = on_batch;
-    extract(model, &source, a.mode.protocol(), tap, a.run.batch_size, dev, |f, done| {
+    let report = |f: &[f32], done: usize| {
         on_batch(f, done);
         pb.set_position(done as u64);
-    })
+    };
+    match net.as_ref().context("the feature network")? {
+        Extractor::Inception(m) => extract(m, &source, a.mode.protocol(), tap, a.run.batch_size, dev, report),
+        Extractor::Classifier(m) => extract_classifier(m, &source, a.run.batch_size, dev, report),
+    }
     .with_context(|| format!("{}", path.display()))?;
     pb.finish_and_clear();
     Ok(())
 }
 
+/// The network features come from.
+enum Extractor {
+    Inception(Box<FidInception>),
+    Classifier(Classifier),
+}
+
 /// `--save-features`: the raw features of the input (or of its part).
-fn features_of(
-    path: &Path,
-    a: &FidArgs,
-    tap: Tap,
-    dev: &Device,
-    net: &mut Option<FidInception>,
-) -> Result<FeaturesFile> {
+fn features_of(path: &Path, a: &FidArgs, tap: Tap, dev: &Device, net: &mut Option<Extractor>) -> Result<FeaturesFile> {
     if !path.exists() {
         bail!("{}: no such folder or file", path.display());
     }
     let (images, start, total) = images_of(path, a)?;
     let mut features = Vec::new();
     run_features(&images, path, a, tap, dev, net, |f, _| features.extend_from_slice(f))?;
-    Ok(FeaturesFile { features, dims: tap.dims(), mode: a.mode.protocol().name().to_string(), start, total })
+    Ok(FeaturesFile { features, dims: a.dims, mode: space_name(a), start, total })
 }
 
 /// The statistics of one input: read from a file, or computed from its images or features.
-fn side(path: &Path, a: &FidArgs, tap: Tap, dev: &Device, net: &mut Option<FidInception>) -> Result<Side> {
+fn side(path: &Path, a: &FidArgs, tap: Tap, dev: &Device, net: &mut Option<Extractor>) -> Result<Side> {
     if !path.exists() {
         bail!("{}: no such folder or file", path.display());
     }
@@ -295,7 +338,7 @@ fn side(path: &Path, a: &FidArgs, tap: Tap, dev: &Device, net: &mut Option<FidIn
             n - 1
         );
     }
-    let mut acc = StatsAccumulator::new(tap.dims());
+    let mut acc = StatsAccumulator::new(a.dims);
     run_features(&images, path, a, tap, dev, net, |f, _| acc.add(f))?;
     let gaussian = acc.finish().context("fewer than 2 images")?;
     Ok(Side { gaussian, images: Some(n) })
