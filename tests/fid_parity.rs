@@ -405,3 +405,60 @@ fn parts_extracted_separately_merge_to_the_single_run_statistics_bit_for_bit() {
     assert_eq!(via_features, via_folder);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn inception_score_and_precision_recall_through_gen_fid() {
+    let Some(root) = fixture("fid") else { return };
+    let w = det_weights_file(&root, "is");
+    let (a, b, w) = (root.join("A"), root.join("B"), w.to_str().unwrap().to_string());
+    // IS of 20 images of A (2 per split) from the det network's fc, against the library on the same logits
+    let dir = std::env::temp_dir().join(format!("gen-fid-is-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for i in 0..20 {
+        std::fs::copy(a.join(format!("{i:03}.png")), dir.join(format!("{i:03}.png"))).unwrap();
+    }
+    let o = gen_fid(&[dir.to_str().unwrap(), "--inception-score", "--inception", &w, "--digits", "10", "--quiet"]);
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(
+        o.status.success() && out.contains("(mode pytorch-fid, 20 images, 10 splits)"),
+        "{out}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let is_printed: f64 = out.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let net = det_inception(&root);
+    let imgs: Vec<Tensor> = (0..20)
+        .map(|i| {
+            let img = gen_runtime::imageio::load_rgb(&dir.join(format!("{i:03}.png"))).unwrap().0;
+            chw(pytorch_fid_input(&img), 299, 299).squeeze(0).unwrap()
+        })
+        .collect();
+    let logits =
+        net.logits(&Tensor::stack(&imgs, 0).unwrap()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let (mean, _) = gen_eval::inception_score::inception_score(&logits, 1008, 10).unwrap();
+    assert!((is_printed - mean).abs() < 1e-9 && mean >= 1.0, "{is_printed} vs {mean}");
+    std::fs::remove_dir_all(&dir).unwrap();
+    // precision and recall: A against itself is perfect
+    let o = gen_fid(&[
+        a.to_str().unwrap(),
+        a.to_str().unwrap(),
+        "--precision-recall",
+        "--inception",
+        &w,
+        "--dims",
+        "64",
+        "--quiet",
+    ]);
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(out.contains("precision 1.0000, recall 1.0000 (k = 3"), "{out}");
+    let o = gen_fid(&[
+        a.to_str().unwrap(),
+        b.to_str().unwrap(),
+        "--precision-recall",
+        "--inception",
+        &w,
+        "--dims",
+        "64",
+        "--quiet",
+    ]);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("precision "), "{}", String::from_utf8_lossy(&o.stderr));
+}

@@ -173,3 +173,23 @@ pub fn extract_classifier(
     }
     Ok(())
 }
+
+/// The Inception's 1008 `fc` logits of `images` under `protocol`, batch by batch.
+pub fn extract_logits(
+    model: &FidInception,
+    images: &ImageSource,
+    protocol: Protocol,
+    batch_size: usize,
+    dev: &Device,
+    mut on_batch: impl FnMut(&[f32], usize),
+) -> Result<()> {
+    let mut start = 0;
+    while start < images.len() {
+        let end = (start + batch_size.max(1)).min(images.len());
+        let x = images.batch(start..end, protocol, dev)?;
+        let l = model.logits(&x)?.to_device(&Device::Cpu)?;
+        on_batch(&l.flatten_all()?.to_vec1::<f32>()?, end);
+        start = end;
+    }
+    Ok(())
+}

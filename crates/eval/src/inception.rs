@@ -301,6 +301,9 @@ pub struct FidInception {
     mixed6: [InceptionC; 4],
     mixed7a: InceptionD,
     mixed7: [InceptionE; 2],
+    /// The 1008-way classifier (`fc.weight` [1008, 2048], `fc.bias`), for the Inception Score; FID never
+    /// reads it, and a file without it still computes FID.
+    fc: Option<(Tensor, Tensor)>,
 }
 
 /// The outputs of the blocks a forward computed, up to the last one asked for.
@@ -343,7 +346,25 @@ impl FidInception {
             ],
             mixed7a: InceptionD::new(vb.pp("Mixed_7a"), 768)?,
             mixed7: [InceptionE::new(vb.pp("Mixed_7b"), 1280, false)?, InceptionE::new(vb.pp("Mixed_7c"), 2048, true)?],
+            fc: if vb.contains_tensor("fc.weight") {
+                Some((
+                    vb.get((1008, 2048), "fc.weight")?.to_dtype(DType::F32)?,
+                    vb.get(1008, "fc.bias")?.to_dtype(DType::F32)?,
+                ))
+            } else {
+                None
+            },
         })
+    }
+
+    /// The 1008 `fc` logits of pool3, [N, 1008] (the Inception Score's classifier).
+    pub fn logits(&self, x: &Tensor) -> Result<Tensor> {
+        let (w, b) = self.fc.as_ref().ok_or_else(|| {
+            candle_core::Error::Msg(
+                "the Inception weights hold no fc.weight / fc.bias (needed for the Inception Score)".into(),
+            )
+        })?;
+        self.features(x, Tap::Dims2048)?.matmul(&w.t()?)?.broadcast_add(b)
     }
 
     /// Runs the blocks up to `last` on `x` [N, 3, H, W] in [−1, 1].

@@ -57,6 +57,13 @@ pub struct FidArgs {
     /// --save-features).
     #[arg(long)]
     pub merge: bool,
+    /// Also print improved precision and recall (Kynkäänniemi et al., k = 3) of the second input
+    /// against the first.
+    #[arg(long)]
+    pub precision_recall: bool,
+    /// Print the Inception Score (10 splits, the Inception's 1008-way fc) of the one input instead.
+    #[arg(long)]
+    pub inception_score: bool,
     /// Decimals printed.
     #[arg(long, default_value_t = 4)]
     pub digits: usize,
@@ -101,10 +108,12 @@ fn parse_part(s: &str) -> std::result::Result<(usize, usize), String> {
     Ok((i, n))
 }
 
-/// One side's statistics and how many images made them (None for a statistics file).
+/// One side's statistics, how many images made them (None for a statistics file), and the raw
+/// features when precision / recall needs them.
 struct Side {
     gaussian: Gaussian,
     images: Option<usize>,
+    features: Option<Vec<f32>>,
 }
 
 pub fn run(mut a: FidArgs) -> Result<()> {
@@ -126,6 +135,9 @@ pub fn run(mut a: FidArgs) -> Result<()> {
     }
     if a.merge {
         return merge(&a);
+    }
+    if a.inception_score {
+        return inception_score(&a);
     }
     match (writes, a.inputs.len()) {
         (true, n) if n != 1 => bail!("--save-stats / --save-features write one input; {n} were given"),
@@ -161,6 +173,46 @@ pub fn run(mut a: FidArgs) -> Result<()> {
         .with_context(|| format!("{} vs {}", a.inputs[0].display(), a.inputs[1].display()))?;
     let count = |s: &Side| s.images.map_or("statistics".to_string(), |n| format!("{n} images"));
     println!("FID {fid:.prec$} ({}, {} / {})", describe(&a), count(x), count(y), prec = a.digits);
+    if a.precision_recall {
+        let (Some(fx), Some(fy)) = (&x.features, &y.features) else {
+            bail!("--precision-recall needs features: give image folders or feature files, not statistics");
+        };
+        let (p, r) = gen_eval::precision_recall::precision_recall(fx, fy, a.dims, 3).map_err(anyhow::Error::msg)?;
+        println!("precision {p:.prec$}, recall {r:.prec$} (k = 3, {} against {})", count(y), count(x), prec = a.digits);
+    }
+    Ok(())
+}
+
+/// `--inception-score`: IS of the one input (a folder or an ADM sample batch).
+fn inception_score(a: &FidArgs) -> Result<()> {
+    if a.inputs.len() != 1 || a.features != Features::Inception {
+        bail!("--inception-score takes one input of images and the Inception features");
+    }
+    let path = &a.inputs[0];
+    if !path.exists() {
+        bail!("{}: no such folder or file", path.display());
+    }
+    let (dev, _) = a.run.open()?;
+    let (images, _, n) = images_of(path, a)?;
+    let model = load_inception(&a.inception, &dev)?;
+    let source = match &images {
+        Images::Files(f) => ImageSource::Files(f),
+        Images::Memory(m) => ImageSource::Memory(m),
+    };
+    let pb = progress::bar(n as u64, "inception score", a.run.quiet);
+    let mut logits = Vec::with_capacity(n * 1008);
+    gen_eval::features::extract_logits(&model, &source, a.mode.protocol(), a.run.batch_size, &dev, |l, done| {
+        logits.extend_from_slice(l);
+        pb.set_position(done as u64);
+    })
+    .with_context(|| format!("{}", path.display()))?;
+    pb.finish_and_clear();
+    let (mean, std) = gen_eval::inception_score::inception_score(&logits, 1008, 10).map_err(anyhow::Error::msg)?;
+    println!(
+        "IS {mean:.prec$} ± {std:.prec$} (mode {}, {n} images, 10 splits)",
+        a.mode.protocol().name(),
+        prec = a.digits
+    );
     Ok(())
 }
 
@@ -316,14 +368,15 @@ fn side(path: &Path, a: &FidArgs, tap: Tap, dev: &Device, net: &mut Option<Extra
                 f.total
             );
         }
-        return Ok(Side { gaussian: gaussian_of(&f, path)?, images: Some(f.rows()) });
+        let gaussian = gaussian_of(&f, path)?;
+        return Ok(Side { gaussian, images: Some(f.rows()), features: a.precision_recall.then_some(f.features) });
     }
     if !path.is_dir() && npz_kind(path)? == NpzKind::Stats {
         let gaussian = read_stats(path)?;
         if gaussian.dims() != a.dims {
             bail!("{}: the statistics have {} dimensions, --dims is {}", path.display(), gaussian.dims(), a.dims);
         }
-        return Ok(Side { gaussian, images: None });
+        return Ok(Side { gaussian, images: None, features: None });
     }
     let (images, _, n) = images_of(path, a)?;
     if n < 2 {
@@ -339,7 +392,13 @@ fn side(path: &Path, a: &FidArgs, tap: Tap, dev: &Device, net: &mut Option<Extra
         );
     }
     let mut acc = StatsAccumulator::new(a.dims);
-    run_features(&images, path, a, tap, dev, net, |f, _| acc.add(f))?;
+    let mut kept = Vec::new();
+    run_features(&images, path, a, tap, dev, net, |f, _| {
+        acc.add(f);
+        if a.precision_recall {
+            kept.extend_from_slice(f);
+        }
+    })?;
     let gaussian = acc.finish().context("fewer than 2 images")?;
-    Ok(Side { gaussian, images: Some(n) })
+    Ok(Side { gaussian, images: Some(n), features: a.precision_recall.then_some(kept) })
 }
