@@ -619,3 +619,22 @@ fn a_forged_zip64_checkpoint_is_an_error_not_an_abort() {
     let o = gen(&["encode", "--tokenizer", s(&dir.join("forged.pth")), "x.png", "--print"]);
     assert_one_line_error(&o, &["forged.pth", "corrupt zip archive", "1099511627776 entries"]);
 }
+
+#[test]
+fn convert_weights_only_copies_a_state_dict_to_safetensors() {
+    let Some(root) = fixture("pth") else { return };
+    let dir = tmp("weights-only");
+    let out = dir.join("w.safetensors");
+    let o = gen(&["convert", "--weights-only", "--from", s(&root.join("model_key.pth")), "--to", s(&out)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let got = candle_core::safetensors::load(&out, &Device::Cpu).unwrap();
+    let want = gen_runtime::pth::PthFile::open(&root.join("model_key.pth")).unwrap().tensors(None).unwrap();
+    let kept: Vec<&(String, Tensor)> = want.iter().filter(|(k, _)| !k.ends_with("num_batches_tracked")).collect();
+    assert_eq!(got.len(), kept.len());
+    for (k, t) in kept {
+        assert_eq!(got[k].dims(), t.dims(), "{k}");
+    }
+    let o =
+        gen(&["convert", "--weights-only", "--from", s(&root.join("model_key.pth")), "--to", s(&dir.join("w.bin"))]);
+    assert_one_line_error(&o, &["w.bin", ".safetensors"]);
+}
