@@ -123,14 +123,26 @@ pub fn extract(
     tap: Tap,
     batch_size: usize,
     dev: &Device,
+    on_batch: impl FnMut(&[f32], usize),
+) -> Result<()> {
+    in_batches(images.len(), batch_size, on_batch, |range| {
+        model.features(&images.batch(range, protocol, dev)?, tap).map_err(Into::into)
+    })
+}
+
+/// Runs `net` over `0..len` in batches and hands each batch's output (row-major, on the CPU, f32) to
+/// `on_batch` with the count done.
+fn in_batches(
+    len: usize,
+    batch_size: usize,
     mut on_batch: impl FnMut(&[f32], usize),
+    net: impl Fn(std::ops::Range<usize>) -> Result<Tensor>,
 ) -> Result<()> {
     let mut start = 0;
-    while start < images.len() {
-        let end = (start + batch_size.max(1)).min(images.len());
-        let x = images.batch(start..end, protocol, dev)?;
-        let f = model.features(&x, tap)?.to_dtype(DType::F32)?.to_device(&Device::Cpu)?;
-        on_batch(&f.flatten_all()?.to_vec1::<f32>()?, end);
+    while start < len {
+        let end = (start + batch_size.max(1)).min(len);
+        let out = net(start..end)?.to_dtype(DType::F32)?.to_device(&Device::Cpu)?;
+        on_batch(&out.flatten_all()?.to_vec1::<f32>()?, end);
         start = end;
     }
     Ok(())
@@ -161,17 +173,12 @@ pub fn extract_classifier(
     images: &ImageSource,
     batch_size: usize,
     dev: &Device,
-    mut on_batch: impl FnMut(&[f32], usize),
+    on_batch: impl FnMut(&[f32], usize),
 ) -> Result<()> {
-    let mut start = 0;
-    while start < images.len() {
-        let end = (start + batch_size.max(1)).min(images.len());
-        let x = crate::classifier::batch(&images.prepared(start..end, &crate::classifier::input)?, dev)?;
-        let (f, _) = model.forward(&x)?;
-        on_batch(&f.to_device(&Device::Cpu)?.flatten_all()?.to_vec1::<f32>()?, end);
-        start = end;
-    }
-    Ok(())
+    in_batches(images.len(), batch_size, on_batch, |range| {
+        let x = crate::classifier::batch(&images.prepared(range, &crate::classifier::input)?, dev)?;
+        Ok(model.forward(&x)?.0)
+    })
 }
 
 /// The Inception's 1008 `fc` logits of `images` under `protocol`, batch by batch.
@@ -181,15 +188,9 @@ pub fn extract_logits(
     protocol: Protocol,
     batch_size: usize,
     dev: &Device,
-    mut on_batch: impl FnMut(&[f32], usize),
+    on_batch: impl FnMut(&[f32], usize),
 ) -> Result<()> {
-    let mut start = 0;
-    while start < images.len() {
-        let end = (start + batch_size.max(1)).min(images.len());
-        let x = images.batch(start..end, protocol, dev)?;
-        let l = model.logits(&x)?.to_device(&Device::Cpu)?;
-        on_batch(&l.flatten_all()?.to_vec1::<f32>()?, end);
-        start = end;
-    }
-    Ok(())
+    in_batches(images.len(), batch_size, on_batch, |range| {
+        model.logits(&images.batch(range, protocol, dev)?).map_err(Into::into)
+    })
 }

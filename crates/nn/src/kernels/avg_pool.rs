@@ -5,6 +5,7 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::pool::plane_dims;
 use super::real::Real;
 
 #[derive(Clone, Copy, Debug)]
@@ -26,10 +27,8 @@ impl AvgPool2d {
         Ok(((h + 2 * self.pad - self.kernel) / self.stride + 1, (w + 2 * self.pad - self.kernel) / self.stride + 1))
     }
 
-    /// The valid input range `[lo, hi)` of output position `o` along an axis of length `n`.
     fn window(&self, o: usize, n: usize) -> (usize, usize) {
-        let start = (o * self.stride) as isize - self.pad as isize;
-        (start.max(0) as usize, ((start + self.kernel as isize).max(0) as usize).min(n))
+        super::pool::window(o, n, self.kernel, self.stride, self.pad)
     }
 
     fn fwd<T: Real>(&self, x: &[T], h: usize, w: usize) -> Result<Vec<T>> {
@@ -74,19 +73,12 @@ impl AvgPool2d {
     }
 }
 
-fn plane_dims(l: &Layout) -> Result<(usize, usize)> {
-    match l.dims() {
-        [_, _, h, w] => Ok((*h, *w)),
-        d => candle_core::bail!("avg_pool2d: expected [N, C, H, W], got {d:?}"),
-    }
-}
-
 impl CustomOp1 for AvgPool2d {
     fn name(&self) -> &'static str {
         "gen-avg-pool2d-exclude-pad"
     }
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (h, w) = plane_dims(l)?;
+        let (h, w) = plane_dims(l, "avg_pool2d")?;
         let (ho, wo) = self.out(h, w)?;
         let out = dispatch!(self.name(), (s, l) => |x| self.fwd(x, h, w)?);
         let d = l.dims();
@@ -104,7 +96,7 @@ impl CustomOp2 for AvgPoolBwd {
         "gen-avg-pool2d-exclude-pad-bwd"
     }
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (h, w) = plane_dims(l1)?;
+        let (h, w) = plane_dims(l1, "avg_pool2d")?;
         let out = dispatch!(self.name(), (s1, l1), (s2, l2) => |_x, dy| self.0.bwd_run(dy, h, w)?);
         Ok((out, l1.shape().clone()))
     }

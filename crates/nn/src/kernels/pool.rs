@@ -50,8 +50,7 @@ impl MaxPool2d {
 
     /// The valid input range `[lo, hi)` of output position `o` along an axis of length `n`.
     fn window(&self, o: usize, n: usize) -> (usize, usize) {
-        let start = (o * self.stride) as isize - self.pad as isize;
-        (start.max(0) as usize, ((start + self.kernel as isize).max(0) as usize).min(n))
+        window(o, n, self.kernel, self.stride, self.pad)
     }
 
     /// The window maxima (the value at `argmax`'s first maximum), without recording where they are:
@@ -93,10 +92,17 @@ impl MaxPool2d {
     }
 }
 
-fn plane_dims(l: &Layout) -> Result<(usize, usize)> {
+/// The valid input range `[lo, hi)` of pooling window `o` along an axis of length `n`.
+pub(super) fn window(o: usize, n: usize, kernel: usize, stride: usize, pad: usize) -> (usize, usize) {
+    let start = (o * stride) as isize - pad as isize;
+    (start.max(0) as usize, ((start + kernel as isize).max(0) as usize).min(n))
+}
+
+/// (H, W) of an NCHW layout, or an error naming the op.
+pub(super) fn plane_dims(l: &Layout, op: &str) -> Result<(usize, usize)> {
     match l.dims() {
         [_, _, h, w] => Ok((*h, *w)),
-        d => candle_core::bail!("max_pool2d: expected [N, C, H, W], got {d:?}"),
+        d => candle_core::bail!("{op}: expected [N, C, H, W], got {d:?}"),
     }
 }
 
@@ -105,7 +111,7 @@ impl CustomOp1 for MaxPool2d {
         "gen-max-pool2d"
     }
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (h, w) = plane_dims(l)?;
+        let (h, w) = plane_dims(l, "max_pool2d")?;
         let (ho, wo) = self.out(h, w)?;
         let out = dispatch!(self.name(), (s, l) => |x| self.fwd(x, h, w)?);
         let d = l.dims();
@@ -123,7 +129,7 @@ impl CustomOp2 for MaxPoolBwd {
         "gen-max-pool2d-bwd"
     }
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (h, w) = plane_dims(l1)?;
+        let (h, w) = plane_dims(l1, "max_pool2d")?;
         let out = dispatch!(self.name(), (s1, l1), (s2, l2) => |x, dy| self.0.bwd_run(x, dy, h, w)?);
         Ok((out, l1.shape().clone()))
     }
