@@ -462,3 +462,36 @@ fn inception_score_and_precision_recall_through_gen_fid() {
     ]);
     assert!(String::from_utf8_lossy(&o.stdout).contains("precision "), "{}", String::from_utf8_lossy(&o.stderr));
 }
+
+#[test]
+fn sfid_reads_the_mixed_6_conv_tap_beside_pool3() {
+    let Some(root) = fixture("fid") else { return };
+    let net = det_inception(&root);
+    let img = gen_runtime::imageio::load_rgb(&root.join("A/000.png")).unwrap().0;
+    let x = chw(pytorch_fid_input(&img), 299, 299);
+    let (pool, spatial) = net.features_spatial(&x).unwrap();
+    // the same pool3 as the FID path, and 7 channels of the 17×17 map
+    let plain = net.features(&x, Tap::Dims2048).unwrap();
+    assert_eq!(pool.to_vec2::<f32>().unwrap(), plain.to_vec2::<f32>().unwrap());
+    assert_eq!(spatial.dims(), &[1, 7 * 17 * 17]);
+    // through the CLI: identical sets give sFID 0; sFID goes with pool3 only
+    let w = det_weights_file(&root, "sfid");
+    let dir = std::env::temp_dir().join(format!("gen-fid-sfid-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for i in 0..12 {
+        std::fs::copy(root.join(format!("A/{i:03}.png")), dir.join(format!("{i:03}.png"))).unwrap();
+    }
+    let d = dir.to_str().unwrap();
+    let o = gen_fid(&[d, d, "--sfid", "--inception", w.to_str().unwrap(), "--quiet"]);
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let line = out.lines().find(|l| l.starts_with("sFID")).unwrap_or_else(|| panic!("{out}"));
+    assert!(line.contains("(mode pytorch-fid, mixed_6/conv 2023-d)"), "{line}");
+    let v: f64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    assert!(v.abs() < 1e-3, "{line}");
+    let adm = root.join("adm_ref_batch.npz");
+    let o =
+        gen_fid(&[adm.to_str().unwrap(), d, "--sfid", "--inception", w.to_str().unwrap(), "--dims", "64", "--quiet"]);
+    gen_tests::assert_one_line_error(&o, &["--sfid", "--dims 2048"]);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -194,3 +194,26 @@ pub fn extract_logits(
         model.logits(&images.batch(range, protocol, dev)?).map_err(Into::into)
     })
 }
+
+/// pool3 features and the sFID tap (`FidInception::features_spatial`) of `images`, batch by batch:
+/// `on_batch` gets (pool3 rows, spatial rows, images done).
+pub fn extract_spatial(
+    model: &FidInception,
+    images: &ImageSource,
+    protocol: Protocol,
+    batch_size: usize,
+    dev: &Device,
+    mut on_batch: impl FnMut(&[f32], &[f32], usize),
+) -> Result<()> {
+    let mut start = 0;
+    while start < images.len() {
+        let end = (start + batch_size.max(1)).min(images.len());
+        let (pool, spatial) = model.features_spatial(&images.batch(start..end, protocol, dev)?)?;
+        let rows = |t: Tensor| -> Result<Vec<f32>> {
+            Ok(t.to_dtype(DType::F32)?.to_device(&Device::Cpu)?.flatten_all()?.to_vec1::<f32>()?)
+        };
+        on_batch(&rows(pool)?, &rows(spatial)?, end);
+        start = end;
+    }
+    Ok(())
+}

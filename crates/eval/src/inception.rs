@@ -319,6 +319,9 @@ pub struct Blocks {
     pub block2: Option<Tensor>,
     /// [N, 2048, h, w] after Mixed_7c, before pool3.
     pub mixed_7c: Option<Tensor>,
+    /// [N, 7, h, w]: the first 7 channels of Mixed_6d's 1×1 branch (BasicConv2d output, after its ReLU),
+    /// the TF graph's `mixed_6/conv` that the ADM evaluator's sFID reads. Only with `blocks_spatial`.
+    pub spatial: Option<Tensor>,
 }
 
 impl FidInception {
@@ -369,6 +372,15 @@ impl FidInception {
 
     /// Runs the blocks up to `last` on `x` [N, 3, H, W] in [−1, 1].
     pub fn blocks(&self, x: &Tensor, last: Tap) -> Result<Blocks> {
+        self.run_blocks(x, last, false)
+    }
+
+    /// `blocks` to pool3, also keeping the sFID tap (`Blocks::spatial`).
+    pub fn blocks_spatial(&self, x: &Tensor) -> Result<Blocks> {
+        self.run_blocks(x, Tap::Dims2048, true)
+    }
+
+    fn run_blocks(&self, x: &Tensor, last: Tap, spatial: bool) -> Result<Blocks> {
         let mut out = Blocks::default();
         let x = max_pool2d(&chain(x, &self.stem0)?, 3, 2, 0)?;
         out.block0 = Some(x.clone());
@@ -382,8 +394,14 @@ impl FidInception {
         }
         let x = self.mixed5.iter().try_fold(x, |t, m| m.forward(&t))?;
         out.mixed_5d = Some(x.clone());
-        let x = self.mixed6a.forward(&x)?;
-        let x = self.mixed6.iter().try_fold(x, |t, m| m.forward(&t))?;
+        let mut x = self.mixed6a.forward(&x)?;
+        for (i, m) in self.mixed6.iter().enumerate() {
+            if spatial && i == 2 {
+                // Mixed_6d's branch1x1 on the block's input: TF's mixed_6/conv
+                out.spatial = Some(m.b1x1.forward(&x)?.narrow(1, 0, 7)?);
+            }
+            x = m.forward(&x)?;
+        }
         out.block2 = Some(x.clone());
         if last.block() == 2 {
             return Ok(out);
@@ -392,6 +410,15 @@ impl FidInception {
         let x = self.mixed7.iter().try_fold(x, |t, m| m.forward(&t))?;
         out.mixed_7c = Some(x);
         Ok(out)
+    }
+
+    /// pool3 [N, 2048] and the sFID features [N, 7·17·17 at 299²], flattened channels-last as the ADM
+    /// evaluator reads TF's NHWC `mixed_6/conv[..., :7]` (the Fréchet distance does not depend on the order).
+    pub fn features_spatial(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
+        let b = self.blocks_spatial(x)?;
+        let m7c = b.mixed_7c.ok_or_else(|| candle_core::Error::Msg("no pool3".into()))?;
+        let s = b.spatial.ok_or_else(|| candle_core::Error::Msg("no spatial tap".into()))?;
+        Ok((m7c.flatten_from(2)?.mean(D::Minus1)?, s.permute((0, 2, 3, 1))?.flatten_from(1)?))
     }
 
     /// The features pytorch-fid takes at `tap`: the block output's spatial mean, [N, dims].

@@ -11,6 +11,15 @@ use crate::npz::{read_npz, write_npz, NpyArray};
 
 /// The `mu` [d] and `sigma` [d, d] of a statistics npz, checked for shape and finiteness.
 pub fn read_stats(path: &Path) -> Result<Gaussian> {
+    read_named_stats(path, "mu", "sigma")
+}
+
+/// The spatial statistics of an ADM reference batch (`mu_s`, `sigma_s`), for sFID.
+pub fn read_spatial_stats(path: &Path) -> Result<Gaussian> {
+    read_named_stats(path, "mu_s", "sigma_s")
+}
+
+fn read_named_stats(path: &Path, mu_key: &str, sigma_key: &str) -> Result<Gaussian> {
     let arrays = read_npz(path)?;
     let get = |key: &str| {
         arrays.get(key).ok_or_else(|| {
@@ -19,23 +28,23 @@ pub fn read_stats(path: &Path) -> Result<Gaussian> {
             let keys: Vec<&str> = keys.iter().map(|k| k.as_str()).collect();
             Error::format(
                 path,
-                format!("no '{key}' array (found: {}); a statistics file holds mu and sigma", keys.join(", ")),
+                format!("no '{key}' array (found: {}); statistics are {mu_key} and {sigma_key}", keys.join(", ")),
             )
         })
     };
-    let (mu, sigma) = (get("mu")?, get("sigma")?);
+    let (mu, sigma) = (get(mu_key)?, get(sigma_key)?);
     let d = match mu.shape.as_slice() {
         &[d] if d > 0 => d,
-        s => return Err(Error::format(path, format!("'mu' has shape {s:?}, expected [d]"))),
+        s => return Err(Error::format(path, format!("'{mu_key}' has shape {s:?}, expected [d]"))),
     };
     if sigma.shape != [d, d] {
         return Err(Error::format(
             path,
-            format!("'sigma' has shape {:?}, expected [{d}, {d}] (mu has {d})", sigma.shape),
+            format!("'{sigma_key}' has shape {:?}, expected [{d}, {d}] ({mu_key} has {d})", sigma.shape),
         ));
     }
     let g = Gaussian { mu: mu.to_f64(), sigma: sigma.to_f64() };
-    for (name, values) in [("mu", &g.mu), ("sigma", &g.sigma)] {
+    for (name, values) in [(mu_key, &g.mu), (sigma_key, &g.sigma)] {
         if let Some(i) = values.iter().position(|v| !v.is_finite()) {
             return Err(Error::format(path, format!("'{name}' holds a non-finite value ({}) at index {i}", values[i])));
         }

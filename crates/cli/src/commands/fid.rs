@@ -61,6 +61,10 @@ pub struct FidArgs {
     /// against the first.
     #[arg(long)]
     pub precision_recall: bool,
+    /// Also print sFID (the ADM evaluator's spatial FID: the first 7 channels of Mixed_6d's 1×1 branch,
+    /// TF's `mixed_6/conv`); ADM reference batches give their `mu_s`/`sigma_s`.
+    #[arg(long)]
+    pub sfid: bool,
     /// Print the Inception Score (10 splits, the Inception's 1008-way fc) of the one input instead.
     #[arg(long)]
     pub inception_score: bool,
@@ -114,6 +118,8 @@ struct Side {
     gaussian: Gaussian,
     images: Option<usize>,
     features: Option<Vec<f32>>,
+    /// The sFID statistics, with --sfid.
+    spatial: Option<Gaussian>,
 }
 
 pub fn run(mut a: FidArgs) -> Result<()> {
@@ -138,6 +144,9 @@ pub fn run(mut a: FidArgs) -> Result<()> {
     }
     if a.inception_score {
         return inception_score(&a);
+    }
+    if a.sfid && (a.features != Features::Inception || a.dims != 2048) {
+        bail!("--sfid goes with the Inception's pool3 (--features inception --dims 2048)");
     }
     match (writes, a.inputs.len()) {
         (true, n) if n != 1 => bail!("--save-stats / --save-features write one input; {n} were given"),
@@ -173,6 +182,16 @@ pub fn run(mut a: FidArgs) -> Result<()> {
         .with_context(|| format!("{} vs {}", a.inputs[0].display(), a.inputs[1].display()))?;
     let count = |s: &Side| s.images.map_or("statistics".to_string(), |n| format!("{n} images"));
     println!("FID {fid:.prec$} ({}, {} / {})", describe(&a), count(x), count(y), prec = a.digits);
+    if a.sfid {
+        let (Some(sx), Some(sy)) = (&x.spatial, &y.spatial) else { bail!("--sfid: a side has no spatial statistics") };
+        let sfid = frechet_distance(sx, sy, FrechetOptions::default()).context("sFID")?;
+        println!(
+            "sFID {sfid:.prec$} (mode {}, mixed_6/conv {}-d)",
+            a.mode.protocol().name(),
+            sx.dims(),
+            prec = a.digits
+        );
+    }
     if a.precision_recall {
         let (Some(fx), Some(fy)) = (&x.features, &y.features) else {
             bail!("--precision-recall needs features: give image folders or feature files, not statistics");
@@ -369,14 +388,23 @@ fn side(path: &Path, a: &FidArgs, tap: Tap, dev: &Device, net: &mut Option<Extra
             );
         }
         let gaussian = gaussian_of(&f, path)?;
-        return Ok(Side { gaussian, images: Some(f.rows()), features: a.precision_recall.then_some(f.features) });
+        if a.sfid {
+            bail!("{}: a features file holds no spatial features for --sfid", path.display());
+        }
+        return Ok(Side {
+            gaussian,
+            images: Some(f.rows()),
+            features: a.precision_recall.then_some(f.features),
+            spatial: None,
+        });
     }
     if !path.is_dir() && npz_kind(path)? == NpzKind::Stats {
         let gaussian = read_stats(path)?;
         if gaussian.dims() != a.dims {
             bail!("{}: the statistics have {} dimensions, --dims is {}", path.display(), gaussian.dims(), a.dims);
         }
-        return Ok(Side { gaussian, images: None, features: None });
+        let spatial = if a.sfid { Some(gen_eval::stats_file::read_spatial_stats(path)?) } else { None };
+        return Ok(Side { gaussian, images: None, features: None, spatial });
     }
     let (images, _, n) = images_of(path, a)?;
     if n < 2 {
@@ -393,12 +421,47 @@ fn side(path: &Path, a: &FidArgs, tap: Tap, dev: &Device, net: &mut Option<Extra
     }
     let mut acc = StatsAccumulator::new(a.dims);
     let mut kept = Vec::new();
-    run_features(&images, path, a, tap, dev, net, |f, _| {
-        acc.add(f);
-        if a.precision_recall {
-            kept.extend_from_slice(f);
-        }
-    })?;
+    let mut spatial: Option<StatsAccumulator> = None;
+    if a.sfid {
+        spatial_features(&images, a, dev, |f, s| {
+            acc.add(f);
+            if a.precision_recall {
+                kept.extend_from_slice(f);
+            }
+            let d = s.len() / (f.len() / a.dims).max(1);
+            spatial.get_or_insert_with(|| StatsAccumulator::new(d)).add(s);
+        })
+        .with_context(|| format!("{}", path.display()))?;
+    } else {
+        run_features(&images, path, a, tap, dev, net, |f, _| {
+            acc.add(f);
+            if a.precision_recall {
+                kept.extend_from_slice(f);
+            }
+        })?;
+    }
     let gaussian = acc.finish().context("fewer than 2 images")?;
-    Ok(Side { gaussian, images: Some(n), features: a.precision_recall.then_some(kept) })
+    let spatial = spatial.map(|s| s.finish().context("fewer than 2 images")).transpose()?;
+    Ok(Side { gaussian, images: Some(n), features: a.precision_recall.then_some(kept), spatial })
+}
+
+/// pool3 and sFID features in one pass of the Inception.
+fn spatial_features(
+    images: &Images,
+    a: &FidArgs,
+    dev: &Device,
+    mut on_batch: impl FnMut(&[f32], &[f32]),
+) -> Result<()> {
+    let model = load_inception(&a.inception, dev)?;
+    let source = match images {
+        Images::Files(f) => ImageSource::Files(f),
+        Images::Memory(m) => ImageSource::Memory(m),
+    };
+    let pb = progress::bar(source.len() as u64, "fid features", a.run.quiet);
+    gen_eval::features::extract_spatial(&model, &source, a.mode.protocol(), a.run.batch_size, dev, |f, s, done| {
+        on_batch(f, s);
+        pb.set_position(done as u64);
+    })?;
+    pb.finish_and_clear();
+    Ok(())
 }
