@@ -55,12 +55,7 @@ pub fn main() {
         Command::EvalClasses(a) => eval_classes::run(a),
     };
     if let Err(e) = result {
-        eprintln!("error: {}", one_line(&e));
+        eprintln!("error: {}", gen_runtime::one_line(e.as_ref()));
         std::process::exit(1);
     }
-}
-
-/// The error chain on one line (see `gen_runtime::one_line`).
-fn one_line(e: &anyhow::Error) -> String {
-    gen_runtime::one_line(e.as_ref())
 }

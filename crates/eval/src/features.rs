@@ -12,7 +12,6 @@ use rayon::prelude::*;
 
 use crate::inception::{FidInception, Tap};
 use crate::preprocess::{Protocol, INCEPTION_SIZE};
-use crate::stats::StatsAccumulator;
 
 /// The file pytorch-fid downloads, and where users get it.
 pub const INCEPTION_FILE: &str = "pt_inception-2015-12-05-6726825d.pth";
@@ -123,48 +122,35 @@ pub fn extract(
     tap: Tap,
     batch_size: usize,
     dev: &Device,
-    on_batch: impl FnMut(&[f32], usize),
+    mut on_batch: impl FnMut(&[f32], usize),
 ) -> Result<()> {
-    in_batches(images.len(), batch_size, on_batch, |range| {
-        model.features(&images.batch(range, protocol, dev)?, tap).map_err(Into::into)
-    })
+    in_batches(
+        images.len(),
+        batch_size,
+        |range| Ok(vec![model.features(&images.batch(range, protocol, dev)?, tap)?]),
+        |out, done| on_batch(&out[0], done),
+    )
 }
 
-/// Runs `net` over `0..len` in batches and hands each batch's output (row-major, on the CPU, f32) to
+/// Runs `net` over `0..len` in batches and hands each batch's outputs (row-major f32 on the CPU) to
 /// `on_batch` with the count done.
 fn in_batches(
     len: usize,
     batch_size: usize,
-    mut on_batch: impl FnMut(&[f32], usize),
-    net: impl Fn(std::ops::Range<usize>) -> Result<Tensor>,
+    net: impl Fn(std::ops::Range<usize>) -> Result<Vec<Tensor>>,
+    mut on_batch: impl FnMut(&[Vec<f32>], usize),
 ) -> Result<()> {
     let mut start = 0;
     while start < len {
         let end = (start + batch_size.max(1)).min(len);
-        let out = net(start..end)?.to_dtype(DType::F32)?.to_device(&Device::Cpu)?;
-        on_batch(&out.flatten_all()?.to_vec1::<f32>()?, end);
+        let outs = net(start..end)?
+            .into_iter()
+            .map(|t| Ok(t.to_dtype(DType::F32)?.to_device(&Device::Cpu)?.flatten_all()?.to_vec1::<f32>()?))
+            .collect::<Result<Vec<_>>>()?;
+        on_batch(&outs, end);
         start = end;
     }
     Ok(())
-}
-
-/// The statistics of `images` at `tap` under `protocol`, accumulated in f64; `progress` gets the number
-/// of images done after each batch.
-pub fn statistics(
-    model: &FidInception,
-    images: &ImageSource,
-    protocol: Protocol,
-    tap: Tap,
-    batch_size: usize,
-    dev: &Device,
-    mut progress: impl FnMut(usize),
-) -> Result<StatsAccumulator> {
-    let mut acc = StatsAccumulator::new(tap.dims());
-    extract(model, images, protocol, tap, batch_size, dev, |f, done| {
-        acc.add(f);
-        progress(done);
-    })?;
-    Ok(acc)
 }
 
 /// The Fashion-MNIST classifier's features (its penultimate layer) of `images`, batch by batch.
@@ -173,12 +159,17 @@ pub fn extract_classifier(
     images: &ImageSource,
     batch_size: usize,
     dev: &Device,
-    on_batch: impl FnMut(&[f32], usize),
+    mut on_batch: impl FnMut(&[f32], usize),
 ) -> Result<()> {
-    in_batches(images.len(), batch_size, on_batch, |range| {
-        let x = crate::classifier::batch(&images.prepared(range, &crate::classifier::input)?, dev)?;
-        Ok(model.forward(&x)?.0)
-    })
+    in_batches(
+        images.len(),
+        batch_size,
+        |range| {
+            let x = crate::classifier::batch(&images.prepared(range, &crate::classifier::input)?, dev)?;
+            Ok(vec![model.forward(&x)?.0])
+        },
+        |out, done| on_batch(&out[0], done),
+    )
 }
 
 /// The Inception's 1008 `fc` logits of `images` under `protocol`, batch by batch.
@@ -188,11 +179,14 @@ pub fn extract_logits(
     protocol: Protocol,
     batch_size: usize,
     dev: &Device,
-    on_batch: impl FnMut(&[f32], usize),
+    mut on_batch: impl FnMut(&[f32], usize),
 ) -> Result<()> {
-    in_batches(images.len(), batch_size, on_batch, |range| {
-        model.logits(&images.batch(range, protocol, dev)?).map_err(Into::into)
-    })
+    in_batches(
+        images.len(),
+        batch_size,
+        |range| Ok(vec![model.logits(&images.batch(range, protocol, dev)?)?]),
+        |out, done| on_batch(&out[0], done),
+    )
 }
 
 /// pool3 features and the sFID tap (`FidInception::features_spatial`) of `images`, batch by batch:
@@ -205,15 +199,13 @@ pub fn extract_spatial(
     dev: &Device,
     mut on_batch: impl FnMut(&[f32], &[f32], usize),
 ) -> Result<()> {
-    let mut start = 0;
-    while start < images.len() {
-        let end = (start + batch_size.max(1)).min(images.len());
-        let (pool, spatial) = model.features_spatial(&images.batch(start..end, protocol, dev)?)?;
-        let rows = |t: Tensor| -> Result<Vec<f32>> {
-            Ok(t.to_dtype(DType::F32)?.to_device(&Device::Cpu)?.flatten_all()?.to_vec1::<f32>()?)
-        };
-        on_batch(&rows(pool)?, &rows(spatial)?, end);
-        start = end;
-    }
-    Ok(())
+    in_batches(
+        images.len(),
+        batch_size,
+        |range| {
+            let (pool, spatial) = model.features_spatial(&images.batch(range, protocol, dev)?)?;
+            Ok(vec![pool, spatial])
+        },
+        |out, done| on_batch(&out[0], &out[1], done),
+    )
 }

@@ -172,14 +172,39 @@ fn dict_value<'a>(header: &'a str, key: &str) -> Option<&'a str> {
 
 /// Reads every member of an `.npz` (`mu.npy` → key `mu`).
 pub fn read_npz(path: &Path) -> Result<HashMap<String, NpyArray>> {
-    let (mut zip, file_len) = gen_runtime::zip_guard::open_zip(path).map_err(|e| match e {
+    read_npz_members(path, None)
+}
+
+/// Reads only the members `keys` (an ADM reference batch's statistics without its image array).
+pub fn read_npz_only(path: &Path, keys: &[&str]) -> Result<HashMap<String, NpyArray>> {
+    read_npz_members(path, Some(keys))
+}
+
+/// The member keys of an `.npz`, without reading their data.
+pub fn npz_keys(path: &Path) -> Result<Vec<String>> {
+    let (zip, _) = open_npz(path)?;
+    let mut keys: Vec<String> = zip.file_names().map(|n| n.strip_suffix(".npy").unwrap_or(n).to_string()).collect();
+    keys.sort();
+    Ok(keys)
+}
+
+fn open_npz(path: &Path) -> Result<(zip::ZipArchive<std::io::BufReader<std::fs::File>>, u64)> {
+    gen_runtime::zip_guard::open_zip(path).map_err(|e| match e {
         Error::Format { msg, .. } => Error::format(path, format!("not an .npz archive: {msg}")),
         other => other,
-    })?;
+    })
+}
+
+fn read_npz_members(path: &Path, keys: Option<&[&str]>) -> Result<HashMap<String, NpyArray>> {
+    let (mut zip, file_len) = open_npz(path)?;
     let mut out = HashMap::new();
     for i in 0..zip.len() {
         let mut entry = zip.by_index(i).map_err(|e| Error::format(path, format!("zip member {i}: {e}")))?;
         let name = entry.name().to_string();
+        let key = name.strip_suffix(".npy").unwrap_or(&name).to_string();
+        if keys.is_some_and(|k| !k.contains(&key.as_str())) {
+            continue;
+        }
         let limit = entry.compressed_size().min(file_len).saturating_mul(MAX_DEFLATE_RATIO);
         if entry.size() > limit {
             return Err(Error::format(
@@ -195,7 +220,6 @@ pub fn read_npz(path: &Path) -> Result<HashMap<String, NpyArray>> {
             .take(limit)
             .read_to_end(&mut bytes)
             .map_err(|e| Error::format(path, format!("member {name}: {e}")))?;
-        let key = name.strip_suffix(".npy").unwrap_or(&name).to_string();
         let array = parse_npy(&bytes).map_err(|m| Error::format(path, format!("member {name}: {m}")))?;
         out.insert(key, array);
     }

@@ -70,14 +70,6 @@ impl StatsAccumulator {
         self.combine(&StatsAccumulator { dims: d, n: m, mean: bmean, scatter, pending: Vec::new() });
     }
 
-    /// Adds the statistics of another, disjoint set of vectors (equal to adding them up to rounding; for
-    /// bit-identical statistics add the vectors themselves).
-    pub fn merge(&mut self, other: &StatsAccumulator) {
-        let mut other = other.clone();
-        other.flush();
-        self.combine(&other);
-    }
-
     /// Folds the pending vectors in.
     fn flush(&mut self) {
         let pending = std::mem::take(&mut self.pending);

@@ -7,7 +7,7 @@ use std::path::Path;
 use gen_runtime::{Error, Result};
 
 use crate::frechet::Gaussian;
-use crate::npz::{read_npz, write_npz, NpyArray};
+use crate::npz::{npz_keys, read_npz_only, write_npz, NpyArray};
 
 /// The `mu` [d] and `sigma` [d, d] of a statistics npz, checked for shape and finiteness.
 pub fn read_stats(path: &Path) -> Result<Gaussian> {
@@ -20,12 +20,10 @@ pub fn read_spatial_stats(path: &Path) -> Result<Gaussian> {
 }
 
 fn read_named_stats(path: &Path, mu_key: &str, sigma_key: &str) -> Result<Gaussian> {
-    let arrays = read_npz(path)?;
+    let arrays = read_npz_only(path, &[mu_key, sigma_key])?;
     let get = |key: &str| {
         arrays.get(key).ok_or_else(|| {
-            let mut keys: Vec<&String> = arrays.keys().collect();
-            keys.sort();
-            let keys: Vec<&str> = keys.iter().map(|k| k.as_str()).collect();
+            let keys = npz_keys(path).unwrap_or_default();
             Error::format(
                 path,
                 format!("no '{key}' array (found: {}); statistics are {mu_key} and {sigma_key}", keys.join(", ")),
@@ -67,18 +65,14 @@ pub fn write_stats(path: &Path, g: &Gaussian, mu_f32: bool) -> Result<()> {
 
 /// Whether an npz holds statistics (`mu` and `sigma`) or only a batch of images (`arr_0`, ADM samples).
 pub fn npz_kind(path: &Path) -> Result<NpzKind> {
-    let arrays = read_npz(path)?;
-    if arrays.contains_key("mu") || arrays.contains_key("sigma") {
-        return Ok(NpzKind::Stats);
-    }
-    match arrays.get("arr_0") {
-        Some(a) if a.shape.len() == 4 && a.shape[3] == 3 && matches!(a.data, crate::npz::NpyData::U8(_)) => {
-            Ok(NpzKind::Images)
-        }
-        Some(a) => {
-            Err(Error::format(path, format!("'arr_0' has shape {:?}, expected uint8 images [N, H, W, 3]", a.shape)))
-        }
-        None => Err(Error::format(path, "holds neither statistics (mu, sigma) nor images (arr_0)")),
+    let keys = npz_keys(path)?;
+    let has = |k: &str| keys.iter().any(|x| x == k);
+    if has("mu") || has("sigma") {
+        Ok(NpzKind::Stats)
+    } else if has("arr_0") {
+        Ok(NpzKind::Images) // its shape and dtype are checked when the images are read
+    } else {
+        Err(Error::format(path, "holds neither statistics (mu, sigma) nor images (arr_0)"))
     }
 }
 
@@ -90,7 +84,7 @@ pub enum NpzKind {
 
 /// The images of an ADM sample batch (`arr_0` uint8 [N, H, W, 3], NHWC).
 pub fn read_image_batch(path: &Path) -> Result<Vec<gen_runtime::imageio::RgbImage>> {
-    let mut arrays = read_npz(path)?;
+    let mut arrays = read_npz_only(path, &["arr_0"])?;
     let a = arrays.remove("arr_0").ok_or_else(|| Error::format(path, "no 'arr_0' image batch"))?;
     let (n, h, w) = match a.shape.as_slice() {
         &[n, h, w, 3] if h > 0 && w > 0 => (n, h, w),

@@ -8,7 +8,9 @@ use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use clap::{Args, ValueEnum};
 use gen_eval::classifier::{load_classifier, Classifier};
-use gen_eval::features::{extract, extract_classifier, list_images, load_inception, ImageSource, INCEPTION_FILE};
+use gen_eval::features::{
+    extract, extract_classifier, extract_spatial, list_images, load_inception, ImageSource, INCEPTION_FILE,
+};
 use gen_eval::features_file::{merge_parts, part_range, FeaturesFile};
 use gen_eval::preprocess::Protocol;
 use gen_eval::stats_file::{npz_kind, read_image_batch, read_stats, write_stats, NpzKind};
@@ -214,10 +216,7 @@ fn inception_score(a: &FidArgs) -> Result<()> {
     let (dev, _) = a.run.open()?;
     let (images, _, n) = images_of(path, a)?;
     let model = load_inception(&a.inception, &dev)?;
-    let source = match &images {
-        Images::Files(f) => ImageSource::Files(f),
-        Images::Memory(m) => ImageSource::Memory(m),
-    };
+    let source = images.source();
     let pb = progress::bar(n as u64, "inception score", a.run.quiet);
     let mut logits = Vec::with_capacity(n * 1008);
     gen_eval::features::extract_logits(&model, &source, a.mode.protocol(), a.run.batch_size, &dev, |l, done| {
@@ -294,6 +293,15 @@ enum Images {
     Memory(Vec<gen_runtime::imageio::RgbImage>),
 }
 
+impl Images {
+    fn source(&self) -> ImageSource<'_> {
+        match self {
+            Images::Files(f) => ImageSource::Files(f),
+            Images::Memory(m) => ImageSource::Memory(m),
+        }
+    }
+}
+
 fn images_of(path: &Path, a: &FidArgs) -> Result<(Images, usize, usize)> {
     let (images, total) = if path.is_dir() {
         let (found, skipped) = list_images(path)?;
@@ -316,7 +324,19 @@ fn images_of(path: &Path, a: &FidArgs) -> Result<(Images, usize, usize)> {
     Ok((images, start, total))
 }
 
-/// Runs the Inception over images, with a progress bar; `on_batch` gets each batch's features.
+/// The feature network of `a` (loaded once, on first use).
+fn extractor<'n>(net: &'n mut Option<Extractor>, a: &FidArgs, dev: &Device) -> Result<&'n Extractor> {
+    if net.is_none() {
+        *net = Some(match a.features {
+            Features::Inception => Extractor::Inception(Box::new(load_inception(&a.inception, dev)?)),
+            Features::FmnistClassifier => Extractor::Classifier(load_classifier(&a.classifier, dev)?),
+        });
+    }
+    net.as_ref().context("the feature network")
+}
+
+/// Runs the feature network over images, with a progress bar: `on_batch` gets each batch's features and,
+/// with `--sfid`, its spatial features (empty otherwise).
 fn run_features(
     images: &Images,
     path: &Path,
@@ -324,27 +344,24 @@ fn run_features(
     tap: Tap,
     dev: &Device,
     net: &mut Option<Extractor>,
-    on_batch: impl FnMut(&[f32], usize),
+    mut on_batch: impl FnMut(&[f32], &[f32]),
 ) -> Result<()> {
-    if net.is_none() {
-        *net = Some(match a.features {
-            Features::Inception => Extractor::Inception(Box::new(load_inception(&a.inception, dev)?)),
-            Features::FmnistClassifier => Extractor::Classifier(load_classifier(&a.classifier, dev)?),
-        });
-    }
-    let source = match images {
-        Images::Files(f) => ImageSource::Files(f),
-        Images::Memory(m) => ImageSource::Memory(m),
-    };
+    let source = images.source();
     let pb = progress::bar(source.len() as u64, "fid features", a.run.quiet);
-    let mut on_batch = on_batch;
-    let report = |f: &[f32], done: usize| {
-        on_batch(f, done);
-        pb.set_position(done as u64);
-    };
-    match net.as_ref().context("the feature network")? {
-        Extractor::Inception(m) => extract(m, &source, a.mode.protocol(), tap, a.run.batch_size, dev, report),
-        Extractor::Classifier(m) => extract_classifier(m, &source, a.run.batch_size, dev, report),
+    let (protocol, batch) = (a.mode.protocol(), a.run.batch_size);
+    match extractor(net, a, dev)? {
+        Extractor::Inception(m) if a.sfid => extract_spatial(m, &source, protocol, batch, dev, |f, s, done| {
+            on_batch(f, s);
+            pb.set_position(done as u64);
+        }),
+        Extractor::Inception(m) => extract(m, &source, protocol, tap, batch, dev, |f, done| {
+            on_batch(f, &[]);
+            pb.set_position(done as u64);
+        }),
+        Extractor::Classifier(m) => extract_classifier(m, &source, batch, dev, |f, done| {
+            on_batch(f, &[]);
+            pb.set_position(done as u64);
+        }),
     }
     .with_context(|| format!("{}", path.display()))?;
     pb.finish_and_clear();
@@ -387,10 +404,10 @@ fn side(path: &Path, a: &FidArgs, tap: Tap, dev: &Device, net: &mut Option<Extra
                 f.total
             );
         }
-        let gaussian = gaussian_of(&f, path)?;
         if a.sfid {
             bail!("{}: a features file holds no spatial features for --sfid", path.display());
         }
+        let gaussian = gaussian_of(&f, path)?;
         return Ok(Side {
             gaussian,
             images: Some(f.rows()),
@@ -422,46 +439,17 @@ fn side(path: &Path, a: &FidArgs, tap: Tap, dev: &Device, net: &mut Option<Extra
     let mut acc = StatsAccumulator::new(a.dims);
     let mut kept = Vec::new();
     let mut spatial: Option<StatsAccumulator> = None;
-    if a.sfid {
-        spatial_features(&images, a, dev, |f, s| {
-            acc.add(f);
-            if a.precision_recall {
-                kept.extend_from_slice(f);
-            }
+    run_features(&images, path, a, tap, dev, net, |f, s| {
+        acc.add(f);
+        if a.precision_recall {
+            kept.extend_from_slice(f);
+        }
+        if !s.is_empty() {
             let d = s.len() / (f.len() / a.dims).max(1);
             spatial.get_or_insert_with(|| StatsAccumulator::new(d)).add(s);
-        })
-        .with_context(|| format!("{}", path.display()))?;
-    } else {
-        run_features(&images, path, a, tap, dev, net, |f, _| {
-            acc.add(f);
-            if a.precision_recall {
-                kept.extend_from_slice(f);
-            }
-        })?;
-    }
+        }
+    })?;
     let gaussian = acc.finish().context("fewer than 2 images")?;
     let spatial = spatial.map(|s| s.finish().context("fewer than 2 images")).transpose()?;
     Ok(Side { gaussian, images: Some(n), features: a.precision_recall.then_some(kept), spatial })
-}
-
-/// pool3 and sFID features in one pass of the Inception.
-fn spatial_features(
-    images: &Images,
-    a: &FidArgs,
-    dev: &Device,
-    mut on_batch: impl FnMut(&[f32], &[f32]),
-) -> Result<()> {
-    let model = load_inception(&a.inception, dev)?;
-    let source = match images {
-        Images::Files(f) => ImageSource::Files(f),
-        Images::Memory(m) => ImageSource::Memory(m),
-    };
-    let pb = progress::bar(source.len() as u64, "fid features", a.run.quiet);
-    gen_eval::features::extract_spatial(&model, &source, a.mode.protocol(), a.run.batch_size, dev, |f, s, done| {
-        on_batch(f, s);
-        pb.set_position(done as u64);
-    })?;
-    pb.finish_and_clear();
-    Ok(())
 }

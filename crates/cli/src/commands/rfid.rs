@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use clap::Args;
 use gen_data::fmnist::{FashionMnist, DEFAULT_DIR};
-use gen_eval::features::{list_images, load_inception, statistics, ImageSource, INCEPTION_FILE};
+use gen_eval::features::{extract, list_images, load_inception, ImageSource, INCEPTION_FILE};
 use gen_eval::lpips::{Lpips, VQGAN_LC_EPS};
 use gen_eval::quality::{psnr, ssim, Channels};
 use gen_eval::{frechet_distance, FrechetOptions, Tap};
@@ -146,10 +146,8 @@ pub fn run(a: RfidArgs) -> Result<()> {
             let d = net.forward(&x.to_dtype(DType::F32)?, &xrec.to_dtype(DType::F32)?.clamp(-1f32, 1f32)?)?.dist;
             sums.lpips += d.flatten_all()?.to_vec1::<f32>()?.iter().map(|&v| f64::from(v)).sum::<f64>();
         }
-        for (side, images) in [(&mut real, &inputs), (&mut fake, &recons)] {
-            let acc =
-                statistics(&inception, &ImageSource::Memory(images), protocol, Tap::Dims2048, batch, &dev, |_| {})?;
-            side.merge(&acc);
+        for (acc, images) in [(&mut real, &inputs), (&mut fake, &recons)] {
+            extract(&inception, &ImageSource::Memory(images), protocol, Tap::Dims2048, batch, &dev, |f, _| acc.add(f))?;
         }
         pb.set_position(end as u64);
         start = end;

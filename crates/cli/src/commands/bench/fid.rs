@@ -37,7 +37,7 @@ fn frechet(d: usize) -> Result<Timed> {
             let f: Vec<f32> = (0..512 * d).map(|_| (rng.normal() + shift) as f32).collect();
             acc.add(&f);
         }
-        Ok(acc.finish().expect("4096 samples"))
+        acc.finish().ok_or_else(|| anyhow::anyhow!("no statistics from 4096 samples"))
     };
     let (a, b) = (stats(0.0)?, stats(0.1)?);
     Ok(Box::new(move || {
