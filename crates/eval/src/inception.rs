@@ -10,7 +10,8 @@
 
 use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
-use gen_nn::kernels::{avg_pool2d_exclude_pad, conv2d_hw, max_pool2d};
+use gen_nn::batch::{par_batch, par_batch_cat};
+use gen_nn::kernels::{avg_pool2d_exclude_pad, conv2d_hw_relu, max_pool2d};
 
 /// BatchNorm eps of the TF-ported Inception.
 const BN_EPS: f64 = 1e-3;
@@ -90,7 +91,7 @@ impl BasicConv2d {
 
 impl Module for BasicConv2d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        conv2d_hw(x, &self.weight, Some(&self.bias), self.stride, self.pad)?.relu()
+        conv2d_hw_relu(x, &self.weight, Some(&self.bias), self.stride, self.pad)
     }
 }
 
@@ -415,22 +416,28 @@ impl FidInception {
     /// pool3 [N, 2048] and the sFID features [N, 7·17·17 at 299²], flattened channels-last as the ADM
     /// evaluator reads TF's NHWC `mixed_6/conv[..., :7]` (the Fréchet distance does not depend on the order).
     pub fn features_spatial(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
-        let b = self.blocks_spatial(x)?;
-        let m7c = b.mixed_7c.ok_or_else(|| candle_core::Error::Msg("no pool3".into()))?;
-        let s = b.spatial.ok_or_else(|| candle_core::Error::Msg("no spatial tap".into()))?;
-        Ok((m7c.flatten_from(2)?.mean(D::Minus1)?, s.permute((0, 2, 3, 1))?.flatten_from(1)?))
+        let parts = par_batch(x, |x| {
+            let b = self.blocks_spatial(x)?;
+            let m7c = b.mixed_7c.ok_or_else(|| candle_core::Error::Msg("no pool3".into()))?;
+            let s = b.spatial.ok_or_else(|| candle_core::Error::Msg("no spatial tap".into()))?;
+            Ok((m7c.flatten_from(2)?.mean(D::Minus1)?, s.permute((0, 2, 3, 1))?.flatten_from(1)?))
+        })?;
+        let (pool3, spatial): (Vec<Tensor>, Vec<Tensor>) = parts.into_iter().unzip();
+        Ok((Tensor::cat(&pool3, 0)?, Tensor::cat(&spatial, 0)?))
     }
 
     /// The features pytorch-fid takes at `tap`: the block output's spatial mean, [N, dims].
     pub fn features(&self, x: &Tensor, tap: Tap) -> Result<Tensor> {
-        let b = self.blocks(x, tap)?;
-        let t = match tap {
-            Tap::Dims64 => b.block0,
-            Tap::Dims192 => b.block1,
-            Tap::Dims768 => b.block2,
-            Tap::Dims2048 => b.mixed_7c,
-        };
-        let t = t.ok_or_else(|| candle_core::Error::Msg("the forward stopped before the tap".into()))?;
-        t.flatten_from(2)?.mean(D::Minus1)
+        par_batch_cat(x, |x| {
+            let b = self.blocks(x, tap)?;
+            let t = match tap {
+                Tap::Dims64 => b.block0,
+                Tap::Dims192 => b.block1,
+                Tap::Dims768 => b.block2,
+                Tap::Dims2048 => b.mixed_7c,
+            };
+            let t = t.ok_or_else(|| candle_core::Error::Msg("the forward stopped before the tap".into()))?;
+            t.flatten_from(2)?.mean(D::Minus1)
+        })
     }
 }

@@ -5,6 +5,7 @@
 //! softmax_last_dim, sdpa, rope). Every layer is built from a `VarBuilder` with the torch key names.
 
 pub mod attention;
+pub mod batch;
 pub mod batch_norm;
 pub mod conv;
 pub mod embedding;

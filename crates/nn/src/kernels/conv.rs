@@ -204,12 +204,25 @@ fn backward_weight<T: Real>(g: &Geom, x: &[T], dy: &[T]) -> Vec<T> {
     out
 }
 
-/// y = conv2d(x, w) + b.
+/// y = conv2d(x, w) + b, optionally followed by ReLU.
 #[derive(Clone, Copy, Debug)]
 pub struct Conv2dOp {
     pub stride: usize,
     /// Zero padding (top = bottom, left = right).
     pub pad: (usize, usize),
+    /// ReLU in the same pass (inference networks such as the FID Inception apply it after every conv).
+    pub relu: bool,
+}
+
+/// max(y, 0) in place, in chunks over the rayon threads.
+fn relu_in_place<T: Real>(y: &mut [T]) {
+    y.par_chunks_mut(1 << 14).for_each(|c| {
+        for v in c {
+            if *v < T::default() {
+                *v = T::default();
+            }
+        }
+    });
 }
 
 impl CustomOp3 for Conv2dOp {
@@ -227,7 +240,13 @@ impl CustomOp3 for Conv2dOp {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let g = Geom::new(l1.dims(), l2.dims(), self.stride, self.pad)?;
-        let out = dispatch!(self.name(), (s1, l1), (s2, l2), (s3, l3) => |x, w, b| forward(&g, x, w, b));
+        let out = dispatch!(self.name(), (s1, l1), (s2, l2), (s3, l3) => |x, w, b| {
+            let mut y = forward(&g, x, w, b);
+            if self.relu {
+                relu_in_place(&mut y);
+            }
+            y
+        });
         Ok((out, g.out_shape()))
     }
 
@@ -236,10 +255,12 @@ impl CustomOp3 for Conv2dOp {
         x: &Tensor,
         w: &Tensor,
         _b: &Tensor,
-        _y: &Tensor,
+        y: &Tensor,
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let g = Geom::new(x.dims(), w.dims(), self.stride, self.pad)?;
+        // through the ReLU: the gradient passes where the output is positive
+        let dy = if self.relu { (dy * y.gt(0.0)?.to_dtype(dy.dtype())?)? } else { dy.clone() };
         let dy = dy.contiguous()?;
         let dx = w.apply_op2_no_bwd(&dy, &Conv2dBwdInput(g))?;
         let packed = x.apply_op2_no_bwd(&dy, &Conv2dBwdWeight(g))?;
@@ -283,6 +304,7 @@ pub fn try_fused(
     b: Option<&Tensor>,
     stride: usize,
     pad: (usize, usize),
+    relu: bool,
 ) -> Result<Option<Tensor>> {
     if !x.device().is_cpu() || !matches!(x.dtype(), DType::F32 | DType::F64) {
         return Ok(None);
@@ -292,7 +314,7 @@ pub fn try_fused(
         Some(b) => b.to_dtype(x.dtype())?.contiguous()?,
         None => Tensor::zeros(w.dim(0)?, x.dtype(), x.device())?,
     };
-    Ok(Some(x.contiguous()?.apply_op3(&w, &b, Conv2dOp { stride, pad })?))
+    Ok(Some(x.contiguous()?.apply_op3(&w, &b, Conv2dOp { stride, pad, relu })?))
 }
 
 #[cfg(test)]
@@ -330,25 +352,32 @@ mod tests {
     fn conv2d_gradcheck_f64_every_shape() {
         let mut rng = Rng::new(3);
         for &(x, kh, kw, cout, stride, pad) in CASES {
-            let inputs = tensors(&mut rng, &x, kh, kw, cout, DType::F64);
-            let f = |t: &[Tensor]| t[0].apply_op3(&t[1], &t[2], Conv2dOp { stride, pad });
-            let err = gradcheck(&f, &inputs, 1e-6, 150).unwrap();
-            assert!(err < 1e-7, "{x:?} k{kh}x{kw} s{stride} p{pad:?}: relative error {err}");
+            for relu in [false, true] {
+                let inputs = tensors(&mut rng, &x, kh, kw, cout, DType::F64);
+                let f = |t: &[Tensor]| t[0].apply_op3(&t[1], &t[2], Conv2dOp { stride, pad, relu });
+                let err = gradcheck(&f, &inputs, 1e-6, 150).unwrap();
+                assert!(err < 1e-7, "{x:?} k{kh}x{kw} s{stride} p{pad:?} relu {relu}: relative error {err}");
+            }
         }
     }
 
     #[test]
     fn conv2d_equals_reference_composition_forward_and_backward() {
         let mut rng = Rng::new(4);
-        for &(x, kh, kw, cout, stride, pad) in CASES {
+        for (&(x, kh, kw, cout, stride, pad), relu) in CASES.iter().zip([false, true].into_iter().cycle()) {
             let [xt, wt, bt] = tensors(&mut rng, &x, kh, kw, cout, DType::F32);
             let run = |fused: bool| {
                 let vars: Vec<Var> = [&xt, &wt, &bt].iter().map(|t| Var::from_tensor(t).unwrap()).collect();
                 let (a, b, c) = (vars[0].as_tensor(), vars[1].as_tensor(), vars[2].as_tensor());
                 let y = if fused {
-                    try_fused(a, b, Some(c), stride, pad).unwrap().unwrap()
+                    try_fused(a, b, Some(c), stride, pad, relu).unwrap().unwrap()
                 } else {
-                    reference::conv2d_hw(a, b, Some(c), stride, pad).unwrap()
+                    let y = reference::conv2d_hw(a, b, Some(c), stride, pad).unwrap();
+                    if relu {
+                        y.relu().unwrap()
+                    } else {
+                        y
+                    }
                 };
                 let r = Tensor::ones(y.shape(), DType::F32, &Device::Cpu).unwrap();
                 let g = (&y * (r * 0.5).unwrap()).unwrap().sqr().unwrap().sum_all().unwrap().backward().unwrap();
@@ -361,7 +390,7 @@ mod tests {
                 d / b.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap().max(1e-6)
             };
             assert_eq!(y1.dims(), y0.dims());
-            assert!(rel(&y1, &y0) < 1e-5, "forward {x:?} k{kh}x{kw}");
+            assert!(rel(&y1, &y0) < 1e-5, "forward {x:?} k{kh}x{kw} relu {relu}");
             for (i, (a, b)) in g1.iter().zip(&g0).enumerate() {
                 assert!(rel(a, b) < 1e-5, "grad {i} of {x:?} k{kh}x{kw}: {}", rel(a, b));
             }
@@ -375,13 +404,13 @@ mod tests {
         let [x, w, b] = tensors(&mut rng, &[2, 256, 48, 40], 3, 3, 32, DType::F32);
         let g = Geom::new(x.dims(), w.dims(), 1, (1, 1)).unwrap();
         assert!(g.tile::<f32>() < g.p(), "the case must span several tiles");
-        let y1 = try_fused(&x, &w, Some(&b), 1, (1, 1)).unwrap().unwrap();
+        let y1 = try_fused(&x, &w, Some(&b), 1, (1, 1), false).unwrap().unwrap();
         let y0 = reference::conv2d(&x, &w, Some(&b), 1, 1).unwrap();
         let d = (y1 - y0).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
         assert!(d < 1e-4, "{d}");
         // and the im2col path (stride 2) over several tiles
         let [x, w, b] = tensors(&mut rng, &[1, 256, 96, 80], 3, 3, 16, DType::F32);
-        let y1 = try_fused(&x, &w, Some(&b), 2, (1, 1)).unwrap().unwrap();
+        let y1 = try_fused(&x, &w, Some(&b), 2, (1, 1), false).unwrap().unwrap();
         let y0 = reference::conv2d(&x, &w, Some(&b), 2, 1).unwrap();
         let g2 = Geom::new(x.dims(), w.dims(), 2, (1, 1)).unwrap();
         assert!(g2.tile::<f32>() < g2.p());

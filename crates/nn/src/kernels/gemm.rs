@@ -146,7 +146,43 @@ mod cblas {
             ldc: i32,
         );
         fn openblas_set_num_threads(n: i32);
+        fn openblas_get_corename() -> *const std::ffi::c_char;
     }
+
+    /// The kernel family OpenBLAS runs ("Haswell", "SkylakeX", "Cooperlake", …); it follows the CPU
+    /// unless `OPENBLAS_CORETYPE` pins it.
+    pub fn core_name() -> String {
+        // SAFETY: returns a pointer to a static NUL-terminated string
+        unsafe { std::ffi::CStr::from_ptr(openblas_get_corename()) }.to_string_lossy().into_owned()
+    }
+
+    /// Runs `f` with OpenBLAS single-threaded (concurrent single-threaded calls from several threads
+    /// run in parallel; a multi-threaded OpenBLAS 0.3.21 serialises them). Nested and concurrent scopes
+    /// share one count; the last to leave gives OpenBLAS its rayon-sized pool back.
+    pub fn serial<R>(f: impl FnOnce() -> R) -> R {
+        struct Leave;
+        impl Drop for Leave {
+            fn drop(&mut self) {
+                let mut n = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+                *n -= 1;
+                if *n == 0 && enabled() {
+                    // SAFETY: plain setter of the library's thread count
+                    unsafe { openblas_set_num_threads(rayon::current_num_threads() as i32) };
+                }
+            }
+        }
+        {
+            let mut n = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+            if *n == 0 && enabled() {
+                // SAFETY: as above
+                unsafe { openblas_set_num_threads(1) };
+            }
+            *n += 1;
+        }
+        let _leave = Leave;
+        f()
+    }
+    static SERIAL: std::sync::Mutex<usize> = std::sync::Mutex::new(0);
 
     /// OpenBLAS unless `GEN_GEMM=rust`; its own thread pool gets as many threads as rayon (so
     /// `--threads` holds for both).
@@ -218,6 +254,24 @@ mod cblas {
         }
         true
     }
+}
+
+/// Runs `f` with the GEMM calls made on each thread single-threaded: for callers that already spread
+/// independent work (images of a batch) over the rayon threads.
+pub fn serial<R>(f: impl FnOnce() -> R) -> R {
+    #[cfg(feature = "openblas")]
+    return cblas::serial(f);
+    #[cfg(not(feature = "openblas"))]
+    f()
+}
+
+/// What products run on: `OpenBLAS <core>` or `gemm crate` (for benchmark headers).
+pub fn backend() -> String {
+    #[cfg(feature = "openblas")]
+    if std::env::var("GEN_GEMM").map_or(true, |v| v != "rust") {
+        return format!("OpenBLAS {}", cblas::core_name());
+    }
+    "gemm crate".into()
 }
 
 /// `c[m×n] = a[m×k] · b[k×n]`, all row-major and contiguous, through OpenBLAS.

@@ -56,9 +56,23 @@ pub fn conv2d(x: &Tensor, w: &Tensor, b: Option<&Tensor>, stride: usize, padding
 
 /// `conv2d` with separate vertical and horizontal padding (Inception's 1×7 / 7×1 convs).
 pub fn conv2d_hw(x: &Tensor, w: &Tensor, b: Option<&Tensor>, stride: usize, pad: (usize, usize)) -> Result<Tensor> {
-    match conv::try_fused(x, w, b, stride, pad)? {
+    match conv::try_fused(x, w, b, stride, pad, false)? {
         Some(y) => Ok(y),
         None => reference::conv2d_hw(x, w, b, stride, pad),
+    }
+}
+
+/// `relu(conv2d_hw(x, w, b))` in one pass where the fused kernel applies.
+pub fn conv2d_hw_relu(
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    stride: usize,
+    pad: (usize, usize),
+) -> Result<Tensor> {
+    match conv::try_fused(x, w, b, stride, pad, true)? {
+        Some(y) => Ok(y),
+        None => reference::conv2d_hw(x, w, b, stride, pad)?.relu(),
     }
 }
 

@@ -9,6 +9,7 @@ pub trait Real:
     + Send
     + Sync
     + Default
+    + PartialOrd
     + Add<Output = Self>
     + Sub<Output = Self>
     + Mul<Output = Self>
