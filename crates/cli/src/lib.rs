@@ -37,6 +37,8 @@ enum Command {
     TrainClassifier(train_classifier::TrainClassifierArgs),
     /// Per-class accuracy of labelled images under the Fashion-MNIST classifier.
     EvalClasses(eval_classes::EvalClassesArgs),
+    /// A frozen codebook: k-means centres of an encoder's patch features, per class or global.
+    InitCodebook(init_codebook::InitCodebookArgs),
 }
 
 /// Parses the process arguments and runs the subcommand; exits non-zero with a one-line error.
@@ -53,6 +55,7 @@ pub fn main() {
         Command::Rfid(a) => rfid::run(a),
         Command::TrainClassifier(a) => train_classifier::run(a),
         Command::EvalClasses(a) => eval_classes::run(a),
+        Command::InitCodebook(a) => init_codebook::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {}", gen_runtime::one_line(e.as_ref()));

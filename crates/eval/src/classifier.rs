@@ -80,11 +80,17 @@ impl Classifier {
         })
     }
 
-    /// x [N, 1, 28, 28] (normalised) → (features [N, F], logits [N, classes]).
-    pub fn forward(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
+    /// x [N, 1, 28, 28] (normalised) → the second block's map [N, 2·width, 7, 7]: one 64-d vector per
+    /// 4×4 patch, the demo domain's counterpart of CLIP's patch tokens for codebook initialisation.
+    pub fn feature_map(&self, x: &Tensor) -> Result<Tensor> {
         let gn = |t: &Tensor, (w, b): &(Tensor, Tensor)| group_norm(t, w, b, 8, 1e-5, false)?.relu();
         let h = max_pool2d(&gn(&self.conv1.forward(x)?, &self.norm1)?, 2, 2, 0)?; // [N, w, 14, 14]
-        let h = max_pool2d(&gn(&self.conv2.forward(&h)?, &self.norm2)?, 2, 2, 0)?; // [N, 2w, 7, 7]
+        max_pool2d(&gn(&self.conv2.forward(&h)?, &self.norm2)?, 2, 2, 0) // [N, 2w, 7, 7]
+    }
+
+    /// x [N, 1, 28, 28] (normalised) → (features [N, F], logits [N, classes]).
+    pub fn forward(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
+        let h = self.feature_map(x)?;
         let f = self.fc1.forward(&h.flatten_from(1)?)?.relu()?;
         let logits = self.fc2.forward(&f)?;
         Ok((f, logits))

@@ -1,6 +1,7 @@
 //! gen-tokenizer: VQGAN-LC, numerically the official `vqgan-gpt-lc/models` code.
 
 pub mod blocks;
+pub mod codebook;
 pub mod config;
 pub mod decoder;
 pub mod encoder;

@@ -24,7 +24,7 @@ pub struct TokenizerWeights {
 
 /// The frozen codebook [N, D]: a bare tensor `.pth` (`codebook-100K.pth`) or a safetensors file with
 /// exactly one tensor.
-fn read_codebook(path: &Path) -> Result<Tensor> {
+pub fn read_codebook(path: &Path) -> Result<Tensor> {
     let t = if path.extension().is_some_and(|e| e == "safetensors") {
         let mut all = io::load_safetensors(path, &Device::Cpu)?;
         if all.len() != 1 {

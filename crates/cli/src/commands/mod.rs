@@ -8,6 +8,7 @@ pub mod eval_classes;
 pub mod export_fmnist;
 pub mod fid;
 mod images;
+pub mod init_codebook;
 pub mod reconstruct;
 pub mod rfid;
 mod tokenizer_args;

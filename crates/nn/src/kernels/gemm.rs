@@ -265,6 +265,14 @@ pub fn serial<R>(f: impl FnOnce() -> R) -> R {
     f()
 }
 
+/// `c[m×n] = a[m×k] · b[n×k]ᵀ`, `a` and `b` row-major and contiguous (one distance block of k-means:
+/// points against centres). OpenBLAS where installed, else the `gemm` crate.
+pub fn matmul_abt(m: usize, n: usize, k: usize, a: &[f32], b: &[f32], c: &mut [f32]) {
+    assert!(a.len() >= m * k && b.len() >= n * k && c.len() >= m * n);
+    // SAFETY: the slices cover the dense matrices the call reads and writes; c does not alias a or b
+    unsafe { gemm(m, n, k, c.as_mut_ptr(), n, 1, false, Mat::row_major(a, k), Mat::transposed(b, k)) }
+}
+
 /// What products run on: `OpenBLAS <core>` or `gemm crate` (for benchmark headers).
 pub fn backend() -> String {
     #[cfg(feature = "openblas")]

@@ -9,6 +9,9 @@
 mod archive;
 mod pickle;
 mod tensor;
+mod write;
+
+pub use write::write_bare_tensor;
 
 use crate::error::{Error, Result};
 use candle_core::Tensor;

@@ -1,0 +1,153 @@
+//! `gen init-codebook`: k-means codebooks from the Fashion-MNIST classifier's patch features, per class
+//! and global, in both file formats, reproducible from the seed; and its bad inputs.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use gen_data::fmnist::{CLASS_NAMES, DEFAULT_DIR};
+use gen_tests::assert_one_line_error;
+use gen_tokenizer::codebook::Codebook;
+use gen_tokenizer::load::read_codebook;
+
+fn gen(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_gen")).args(args).current_dir(env!("CARGO_MANIFEST_DIR")).output().unwrap()
+}
+
+fn ok(o: Output) -> String {
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// The installed Fashion-MNIST, or None (skip); with GEN_REQUIRE_GOLDEN=1 its absence fails.
+fn fmnist() -> Option<()> {
+    if Path::new(DEFAULT_DIR).exists() {
+        return Some(());
+    }
+    assert!(std::env::var("GEN_REQUIRE_GOLDEN").ok().as_deref() != Some("1"), "{DEFAULT_DIR} missing");
+    eprintln!("SKIPPED: {DEFAULT_DIR} not installed");
+    None
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("gen-codebook-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn per_class_codebook_from_fmnist_is_reproducible_and_readable_in_both_formats() {
+    if fmnist().is_none() {
+        return;
+    }
+    let dir = tmp("fmnist");
+    let common = [
+        "init-codebook",
+        "--quiet",
+        "--data",
+        "fmnist:test",
+        "--count",
+        "1000",
+        "--size",
+        "205",
+        "--max-points",
+        "1500",
+    ];
+    let run = |out: &Path, seed: &str| {
+        ok(gen(&[&common[..], &["--seed", seed, "--out", s(out), "--batch-size", "500"]].concat()))
+    };
+    let (a, b, c, pth) =
+        (dir.join("a.safetensors"), dir.join("b.safetensors"), dir.join("c.safetensors"), dir.join("cb.pth"));
+    let printed = run(&a, "1");
+    assert!(printed.contains("205 × 64 codebook"), "{printed}");
+    run(&b, "1");
+    run(&c, "2");
+    run(&pth, "1");
+    let va = read_codebook(&a).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    assert_eq!(va, read_codebook(&b).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap(), "same seed");
+    assert_ne!(va, read_codebook(&c).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap(), "another seed");
+    assert_eq!(va, read_codebook(&pth).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap(), ".pth");
+    let info = Codebook::read_info(&a).unwrap().unwrap();
+    assert_eq!((info.encoder.as_str(), info.grouping.as_str(), info.seed), ("fmnist-classifier", "per-class", 1));
+    let names: Vec<&str> = info.groups.iter().map(|g| g.name.as_str()).collect();
+    assert_eq!(names, CLASS_NAMES);
+    // 205 = 10 × 20 + 5: the first five classes get one more; starts follow in class order
+    let counts: Vec<usize> = info.groups.iter().map(|g| g.count).collect();
+    assert_eq!(counts, [21, 21, 21, 21, 21, 20, 20, 20, 20, 20]);
+    assert!(info.groups.windows(2).all(|w| w[1].start == w[0].start + w[0].count));
+    assert!(info.groups.iter().all(|g| g.points == 1500 && g.inertia > 0.0));
+    // the features are post-ReLU: centres are non-negative means of them
+    assert!(va.iter().all(|v| v.is_finite() && *v >= 0.0));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn image_folders_cluster_per_subfolder_in_sorted_order_or_globally() {
+    if fmnist().is_none() {
+        return;
+    }
+    let dir = tmp("folders");
+    let data = dir.join("data");
+    for (class, start) in [("zeta", "0"), ("alpha", "40")] {
+        let out = data.join(class);
+        ok(gen(&["export-fmnist", "--start", start, "--count", "40", "--out", s(&out)]));
+    }
+    let per = dir.join("per.safetensors");
+    ok(gen(&["init-codebook", "--quiet", "--data", s(&data), "--size", "30", "--per-class", "--out", s(&per)]));
+    let info = Codebook::read_info(&per).unwrap().unwrap();
+    let groups: Vec<(&str, usize, usize)> = info.groups.iter().map(|g| (g.name.as_str(), g.count, g.points)).collect();
+    assert_eq!(groups, [("alpha", 15, 40 * 49), ("zeta", 15, 40 * 49)]);
+    let global = dir.join("global.safetensors");
+    ok(gen(&[
+        "init-codebook",
+        "--quiet",
+        "--data",
+        s(&data),
+        "--size",
+        "30",
+        "--global",
+        "--pool",
+        "7",
+        "--out",
+        s(&global),
+    ]));
+    let info = Codebook::read_info(&global).unwrap().unwrap();
+    assert_eq!(info.grouping, "global");
+    assert_eq!(info.groups.len(), 1);
+    assert_eq!(info.groups[0].points, 80, "--pool 7 leaves one vector per image");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn bad_inputs_are_one_line_errors() {
+    let dir = tmp("bad");
+    let out = dir.join("cb.safetensors");
+    // an empty folder
+    let empty = dir.join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let o = gen(&["init-codebook", "--data", s(&empty), "--size", "4", "--global", "--out", s(&out)]);
+    assert_one_line_error(&o, &["holds no images"]);
+    // the per-class and global flags together
+    let o = gen(&["init-codebook", "--data", s(&empty), "--size", "4", "--global", "--per-class", "--out", s(&out)]);
+    assert!(!o.status.success());
+    if fmnist().is_some() {
+        // images directly in the root cannot be grouped by class
+        let loose = dir.join("loose");
+        ok(gen(&["export-fmnist", "--count", "3", "--out", s(&loose)]));
+        let o = gen(&["init-codebook", "--data", s(&loose), "--size", "4", "--out", s(&out)]);
+        assert_one_line_error(&o, &["--per-class needs one subfolder per class", "--global"]);
+        // more centres than feature vectors: the class is named
+        let o = gen(&["init-codebook", "--data", s(&loose), "--size", "500", "--global", "--out", s(&out)]);
+        assert_one_line_error(&o, &["all: 147 feature vectors cannot give 500 centres"]);
+        // an unreadable image stops the run, named
+        std::fs::write(loose.join("broken.png"), b"not a png").unwrap();
+        let o = gen(&["init-codebook", "--data", s(&loose), "--size", "4", "--global", "--out", s(&out)]);
+        assert_one_line_error(&o, &["broken.png"]);
+        assert!(!out.exists(), "nothing is written on error");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
