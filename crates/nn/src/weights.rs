@@ -120,20 +120,39 @@ impl Params {
 }
 
 /// A VarBuilder that makes up every tensor it is asked for (seeded), and remembers them: random-weight
-/// models for benchmarks and tests. 1-D `*.weight` (norms) ≈ 1, biases ≈ 0, matrices and kernels
-/// N(0, 1/fan_in).
+/// models for benchmarks and tests, and the initial weights of training runs.
 pub struct RandomWeights {
     rng: Arc<Mutex<gen_runtime::Rng>>,
     made: Arc<Mutex<HashMap<String, Tensor>>>,
+    style: InitStyle,
+}
+
+/// How a made-up tensor is drawn.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum InitStyle {
+    /// 1-D `*.weight` (norms) ≈ 1, biases ≈ 0, matrices and kernels N(0, 1/fan_in): every op is exercised.
+    Test,
+    /// As torch initialises a fresh module: conv and linear weights and biases U(±1/√fan_in) (Kaiming-uniform
+    /// with a = √5), norm weights 1 and biases 0.
+    Torch,
 }
 
 impl RandomWeights {
     pub fn new(seed: u64) -> Self {
-        RandomWeights { rng: Arc::new(Mutex::new(gen_runtime::Rng::new(seed))), made: Default::default() }
+        RandomWeights {
+            rng: Arc::new(Mutex::new(gen_runtime::Rng::new(seed))),
+            made: Default::default(),
+            style: InitStyle::Test,
+        }
+    }
+
+    /// Weights as torch's default module initialisation draws them (training from scratch).
+    pub fn torch_init(seed: u64) -> Self {
+        RandomWeights { style: InitStyle::Torch, ..Self::new(seed) }
     }
 
     pub fn var_builder(&self, dtype: DType, dev: &Device) -> VarBuilder<'static> {
-        let b = RandomBackend { rng: self.rng.clone(), made: self.made.clone() };
+        let b = RandomBackend { rng: self.rng.clone(), made: self.made.clone(), style: self.style };
         VarBuilder::from_backend(Box::new(b), dtype, dev.clone())
     }
 
@@ -146,6 +165,38 @@ impl RandomWeights {
 struct RandomBackend {
     rng: Arc<Mutex<gen_runtime::Rng>>,
     made: Arc<Mutex<HashMap<String, Tensor>>>,
+    style: InitStyle,
+}
+
+impl RandomBackend {
+    /// torch's draw for `name` of `shape`; a bias looks at its layer's weight (made first) for fan-in.
+    fn torch(
+        &self,
+        made: &HashMap<String, Tensor>,
+        shape: &Shape,
+        name: &str,
+        rng: &mut gen_runtime::Rng,
+    ) -> Result<Tensor> {
+        let dims = shape.dims();
+        if dims.len() >= 2 {
+            let fan_in: usize = dims[1..].iter().product();
+            let bound = 1.0 / (fan_in.max(1) as f64).sqrt();
+            return rng.rand_uniform(dims, -bound, bound, &Device::Cpu);
+        }
+        let sibling = name.strip_suffix("bias").map(|stem| format!("{stem}weight"));
+        match sibling.and_then(|w| made.get(&w).map(|t| t.dims().to_vec())) {
+            // a conv / linear bias
+            Some(w) if w.len() >= 2 => {
+                let fan_in: usize = w[1..].iter().product();
+                let bound = 1.0 / (fan_in.max(1) as f64).sqrt();
+                rng.rand_uniform(dims, -bound, bound, &Device::Cpu)
+            }
+            // a norm's bias, or a free vector
+            _ if name.ends_with("bias") => Tensor::zeros(dims, DType::F32, &Device::Cpu),
+            // a norm's weight
+            _ => Tensor::ones(dims, DType::F32, &Device::Cpu),
+        }
+    }
 }
 
 impl candle_nn::var_builder::SimpleBackend for RandomBackend {
@@ -155,7 +206,10 @@ impl candle_nn::var_builder::SimpleBackend for RandomBackend {
         }
         let mut rng = self.rng.lock().expect("rng lock");
         let dims = s.dims().to_vec();
-        let t = if dims.len() == 1 && name.ends_with("weight") {
+        let t = if self.style == InitStyle::Torch {
+            let made = self.made.lock().expect("weights lock");
+            self.torch(&made, &s, name, &mut rng)?
+        } else if dims.len() == 1 && name.ends_with("weight") {
             (rng.randn(s, 0.1, &Device::Cpu)? + 1.0)?
         } else if dims.len() == 1 {
             rng.randn(s, 0.02, &Device::Cpu)?
@@ -183,6 +237,26 @@ impl candle_nn::var_builder::SimpleBackend for RandomBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn torch_init_draws_as_a_fresh_torch_module() {
+        let rw = RandomWeights::torch_init(0);
+        let vb = rw.var_builder(DType::F32, &Device::Cpu);
+        let conv = crate::Conv2d::new(vb.pp("conv"), 16, 32, 3, 1, 1).unwrap();
+        let _ = conv;
+        let (w, b) = (vb.pp("norm").get(32, "weight").unwrap(), vb.pp("norm").get(32, "bias").unwrap());
+        let t = rw.tensors();
+        let bound = 1.0 / (16.0f32 * 9.0).sqrt();
+        for name in ["conv.weight", "conv.bias"] {
+            let v = t[name].flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            assert!(v.iter().all(|x| x.abs() <= bound), "{name} outside ±1/√fan_in");
+            // uniform on ±bound: the mean square is bound²/3
+            let ms = v.iter().map(|x| x * x).sum::<f32>() / v.len() as f32;
+            assert!((ms / (bound * bound / 3.0) - 1.0).abs() < 0.35, "{name}: mean square {ms}");
+        }
+        assert!(w.to_vec1::<f32>().unwrap().iter().all(|&x| x == 1.0));
+        assert!(b.to_vec1::<f32>().unwrap().iter().all(|&x| x == 0.0));
+    }
 
     fn weights() -> Weights {
         let t = Tensor::zeros((2, 3), DType::F32, &Device::Cpu).unwrap();

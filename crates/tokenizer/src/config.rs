@@ -18,14 +18,40 @@ pub enum Projector {
     Mlp { hidden: usize },
 }
 
-/// `--quantizer_type`.
+/// The quantizer (`--quantizer_type` and `--tuning_codebook` of the official code, plus FC and SimVQ).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum QuantizerKind {
-    /// `org`: the LC quantizer (frozen codebook, trained projector). Every released model.
+    /// `org` with a frozen codebook: the LC quantizer (k-means codebook, trained projector). Every released model.
     Lc,
     /// `ema`: EMA codebook updates (the official branch; only consistent without a projector).
     Ema,
+    /// `org` with `--tuning_codebook -1`: a learned codebook (VQGAN), no projector.
+    Vqgan,
+    /// Factorised codes: a learned codebook searched by cosine in the low-dim latent (ViT-VQGAN, LlamaGen).
+    Fc,
+    /// SimVQ: a frozen random codebook [N, embed_dim] reparameterised by one trained Linear(embed_dim, embed_dim).
+    Simvq,
+}
+
+impl QuantizerKind {
+    pub const ALL: [QuantizerKind; 5] =
+        [QuantizerKind::Vqgan, QuantizerKind::Ema, QuantizerKind::Fc, QuantizerKind::Simvq, QuantizerKind::Lc];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            QuantizerKind::Lc => "lc",
+            QuantizerKind::Ema => "ema",
+            QuantizerKind::Vqgan => "vqgan",
+            QuantizerKind::Fc => "fc",
+            QuantizerKind::Simvq => "simvq",
+        }
+    }
+
+    /// Whether the codebook rows are trained parameters (else frozen, or moved by EMA).
+    pub fn learns_codebook(self) -> bool {
+        matches!(self, QuantizerKind::Vqgan | QuantizerKind::Fc)
+    }
 }
 
 /// taming `ddconfig` + the VQGAN-LC quantizer arguments.
@@ -136,6 +162,19 @@ impl VqConfig {
         }
         if let Projector::Mlp { hidden: 0 } = self.projector {
             return Err(Error::config("projector.hidden", "must be at least 1"));
+        }
+        let projected = matches!(self.quantizer, QuantizerKind::Lc | QuantizerKind::Simvq);
+        if !projected && self.projector != Projector::None {
+            return Err(Error::config(
+                "projector",
+                format!("the {} quantizer has no codebook projector (use kind = \"none\")", self.quantizer.name()),
+            ));
+        }
+        if self.quantizer == QuantizerKind::Simvq && self.codebook_dim != self.embed_dim {
+            return Err(Error::config(
+                "codebook_dim",
+                format!("SimVQ's random codebook has the latent's dim {}, not {}", self.embed_dim, self.codebook_dim),
+            ));
         }
         if self.projector == Projector::None && self.codebook_dim != self.embed_dim {
             return Err(Error::config(

@@ -7,7 +7,7 @@ use gen_nn::Conv2d;
 use crate::config::{QuantizerKind, VqConfig};
 use crate::decoder::Decoder;
 use crate::encoder::Encoder;
-use crate::quantizer::{LcQuantizer, Quantized};
+use crate::quantizer::{EmaQuantizer, EmaStart, LcQuantizer, LearnedQuantizer, Quantized, Quantizer};
 
 pub struct VqModel {
     pub config: VqConfig,
@@ -15,23 +15,37 @@ pub struct VqModel {
     pub decoder: Decoder,
     pub quant_conv: Conv2d,
     pub post_quant_conv: Conv2d,
-    pub quantizer: LcQuantizer,
+    pub quantizer: Quantizer,
 }
 
 impl VqModel {
-    /// Builds from official state-dict keys. The EMA branch is a standalone `EmaQuantizer`.
+    /// Builds from official state-dict keys. An EMA quantizer is built frozen (`updating` off); its
+    /// moving averages come from `cluster_size` / `embed_avg` when stored, else start consistent.
     pub fn new(vb: VarBuilder, config: &VqConfig) -> Result<Self> {
-        if config.quantizer == QuantizerKind::Ema {
-            candle_core::bail!("EMA-quantizer checkpoints are not supported by VqModel (use quantizer::EmaQuantizer)");
-        }
         config.validate().map_err(gen_runtime::Error::into_candle)?;
+        let quantizer = match config.quantizer {
+            QuantizerKind::Lc | QuantizerKind::Simvq => Quantizer::Lc(LcQuantizer::new(vb.clone(), config)?),
+            QuantizerKind::Vqgan => Quantizer::Learned(LearnedQuantizer::new(vb.clone(), config, false)?),
+            QuantizerKind::Fc => Quantizer::Learned(LearnedQuantizer::new(vb.clone(), config, true)?),
+            QuantizerKind::Ema => {
+                let (n, e) = (config.codebook_size, config.embed_dim);
+                let embedding = vb.get((n, e), "tok_embeddings.weight")?;
+                let mut q = if vb.contains_tensor("cluster_size") {
+                    EmaQuantizer::from_state(&embedding, &vb.get(n, "cluster_size")?, &vb.get((n, e), "embed_avg")?)?
+                } else {
+                    EmaQuantizer::start(&embedding, EmaStart::Consistent)?
+                };
+                q.updating = false;
+                Quantizer::Ema(std::sync::Mutex::new(q))
+            }
+        };
         Ok(VqModel {
             config: config.clone(),
             encoder: Encoder::new(vb.pp("encoder"), config)?,
             decoder: Decoder::new(vb.pp("decoder"), config)?,
             quant_conv: Conv2d::new(vb.pp("quant_conv"), config.z_channels, config.embed_dim, 1, 1, 0)?,
             post_quant_conv: Conv2d::new(vb.pp("post_quant_conv"), config.embed_dim, config.z_channels, 1, 1, 0)?,
-            quantizer: LcQuantizer::new(vb.clone(), config)?,
+            quantizer,
         })
     }
 

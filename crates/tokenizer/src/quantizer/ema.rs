@@ -2,6 +2,10 @@
 //! on every call (eval too), `z_q` comes from the codebook *before* the update, the loss is commitment
 //! only, and starting from `cluster_size = 0`, `embed_avg = E` blows unused rows up by ~1/eps.
 //! Only consistent without a projector (it updates raw rows with `z` statistics), as the official code.
+//!
+//! Training here starts it from a consistent state instead (`EmaStart::Consistent`: `cluster_size = 1`,
+//! `embed_avg = E`, so every row equals E until codes are used; the update rule is the same VQ-VAE-2
+//! rule: decay 0.99, Laplace smoothing eps 1e-5) and updates only while `updating` is set.
 
 use candle_core::{Device, Result, Tensor};
 
@@ -15,22 +19,66 @@ pub struct EmaQuantizer {
     pub dim: usize,
     pub decay: f32,
     pub eps: f32,
+    /// Whether `quantize` moves the rows (the official code always does, at evaluation too).
+    pub updating: bool,
+}
+
+/// Where the moving averages start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EmaStart {
+    /// `cluster_size = 0`, `embed_avg = E`: the first update divides unused rows by ~eps.
+    Official,
+    /// `cluster_size = 1`, `embed_avg = E`: rows stay E until used.
+    Consistent,
 }
 
 impl EmaQuantizer {
     /// The official initial state: `cluster_size = 0`, `embed_avg = E`.
     pub fn new(embedding: &Tensor) -> Result<Self> {
+        Self::start(embedding, EmaStart::Official)
+    }
+
+    pub fn start(embedding: &Tensor, start: EmaStart) -> Result<Self> {
         let (n, dim) = embedding.dims2()?;
-        let e = embedding.flatten_all()?.to_vec1::<f32>()?;
+        let e = embedding.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        let cs = if start == EmaStart::Official { 0.0 } else { 1.0 };
         Ok(EmaQuantizer {
             embed_avg: e.clone(),
             embedding: e,
-            cluster_size: vec![0.0; n],
+            cluster_size: vec![cs; n],
             n,
             dim,
             decay: 0.99,
             eps: 1e-5,
+            updating: true,
         })
+    }
+
+    /// A saved state (`tok_embeddings.weight`, `cluster_size`, `embed_avg`).
+    pub fn from_state(embedding: &Tensor, cluster_size: &Tensor, embed_avg: &Tensor) -> Result<Self> {
+        let mut q = Self::new(embedding)?;
+        let f = |t: &Tensor| t.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1::<f32>();
+        q.cluster_size = f(cluster_size)?;
+        q.embed_avg = f(embed_avg)?;
+        if q.cluster_size.len() != q.n || q.embed_avg.len() != q.n * q.dim {
+            candle_core::bail!(
+                "EMA state: cluster_size has {} entries and embed_avg {} values for a {}×{} codebook",
+                q.cluster_size.len(),
+                q.embed_avg.len(),
+                q.n,
+                q.dim
+            );
+        }
+        Ok(q)
+    }
+
+    /// The state to save: (`tok_embeddings.weight` [N, e], `cluster_size` [N], `embed_avg` [N, e]).
+    pub fn state(&self, dev: &Device) -> Result<[Tensor; 3]> {
+        Ok([
+            self.embedding_tensor(dev)?,
+            Tensor::from_vec(self.cluster_size.clone(), self.n, dev)?,
+            Tensor::from_vec(self.embed_avg.clone(), (self.n, self.dim), dev)?,
+        ])
     }
 
     pub fn embedding_tensor(&self, dev: &Device) -> Result<Tensor> {
@@ -50,6 +98,9 @@ impl EmaQuantizer {
         let zq = old.index_select(&idx, 0)?;
         let loss = (zq.detach() - &zf)?.sqr()?.mean_all()?; // F.mse_loss(z_q.detach(), z)
         let z_q = (&zf + (zq - &zf)?.detach())?.reshape((b, h, w, e))?.permute((0, 3, 1, 2))?.contiguous()?;
+        if !self.updating {
+            return Ok(Quantized { z_q, loss, indices: idx.reshape((b, h * w))? });
+        }
 
         let ids = idx.to_vec1::<u32>()?;
         let zv = zf.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1::<f32>()?;

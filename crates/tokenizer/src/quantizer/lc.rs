@@ -115,17 +115,6 @@ impl LcQuantizer {
     /// Ids [B, h·w] → code rows as NCHW [B, e, h, w] (official `VQGANTransformer.z_to_image`, first half).
     /// An id past the codebook is an error naming it.
     pub fn embed(&self, indices: &Tensor, h: usize, w: usize) -> Result<Tensor> {
-        let (b, l) = indices.dims2()?;
-        if l != h * w {
-            candle_core::bail!("{l} tokens per image do not fill a {h}×{w} grid");
-        }
-        let cb = self.codebook()?;
-        let n = cb.dim(0)?;
-        let ids = indices.flatten_all()?.to_dtype(candle_core::DType::U32)?;
-        if let Some(&bad) = ids.to_vec1::<u32>()?.iter().find(|&&i| i as usize >= n) {
-            candle_core::bail!("token id {bad} is out of range for a codebook of {n} entries");
-        }
-        let e = cb.dim(1)?;
-        cb.index_select(&ids, 0)?.reshape((b, h, w, e))?.permute((0, 3, 1, 2))?.contiguous()
+        super::embed_rows(&self.codebook()?, indices, h, w)
     }
 }
