@@ -39,6 +39,8 @@ enum Command {
     EvalClasses(eval_classes::EvalClassesArgs),
     /// A frozen codebook: k-means centres of an encoder's patch features, per class or global.
     InitCodebook(init_codebook::InitCodebookArgs),
+    /// Train a tokenizer (VQGAN-LC, VQGAN, EMA, FC or SimVQ) with the official recipe.
+    TrainTokenizer(train_tokenizer::TrainTokenizerArgs),
 }
 
 /// Parses the process arguments and runs the subcommand; exits non-zero with a one-line error.
@@ -56,6 +58,7 @@ pub fn main() {
         Command::TrainClassifier(a) => train_classifier::run(a),
         Command::EvalClasses(a) => eval_classes::run(a),
         Command::InitCodebook(a) => init_codebook::run(a),
+        Command::TrainTokenizer(a) => train_tokenizer::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {}", gen_runtime::one_line(e.as_ref()));

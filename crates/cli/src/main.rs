@@ -16,5 +16,11 @@ const MI_OPTION_PURGE_DELAY: i32 = 15;
 fn main() {
     // SAFETY: sets a global allocator option before any other thread exists
     unsafe { mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
+    // Candle's elementwise ops run on the calling thread: our kernels and batch shards already spread the
+    // work over rayon's threads, and Candle's own spinning pool beside them cost more than it gave
+    // (docs/DESIGN.md, "Threads"). Set before any thread exists; a user's own setting wins.
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        std::env::set_var("CANDLE_NUM_THREADS", "1");
+    }
     gen_cli::main()
 }

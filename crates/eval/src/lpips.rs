@@ -11,6 +11,7 @@ use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
 use gen_nn::kernels::max_pool2d;
 use gen_nn::Conv2d;
+use gen_runtime::Rng;
 
 /// VQGAN-LC's eps (`models/lpips.py`); the `lpips` package uses `LPIPS_PACKAGE_EPS`.
 pub const VQGAN_LC_EPS: f64 = 1e-7;
@@ -100,12 +101,22 @@ impl Lpips {
 
     /// `lin_k((n0 − n1)²)` maps, [N, 1, H_k, W_k], for the taps of `x0` and `x1`.
     pub fn lin_maps(&self, x0: &Tensor, x1: &Tensor) -> Result<Vec<Tensor>> {
+        self.lin_maps_dropout(x0, x1, None)
+    }
+
+    /// `lin_maps` with each `NetLinLayer`'s `nn.Dropout()` (p 0.5) active when `dropout` gives the draws:
+    /// each squared difference is kept with probability ½ and doubled.
+    fn lin_maps_dropout(&self, x0: &Tensor, x1: &Tensor, mut dropout: Option<&mut Rng>) -> Result<Vec<Tensor>> {
         let (f0, f1) = (self.features(x0)?, self.features(x1)?);
         f0.iter()
             .zip(&f1)
             .zip(&self.lins)
             .map(|((a, b), w)| {
-                let d = (self.normalize(a)? - self.normalize(b)?)?.sqr()?;
+                let mut d = (self.normalize(a)? - self.normalize(b)?)?.sqr()?;
+                if let Some(rng) = dropout.as_deref_mut() {
+                    let keep = rng.rand_uniform(d.shape(), 0.0, 1.0, d.device())?.ge(0.5)?.to_dtype(d.dtype())?;
+                    d = (d * (keep * 2.0)?)?;
+                }
                 gen_nn::kernels::conv2d(&d, w, None, 1, 0)
             })
             .collect()
@@ -113,8 +124,12 @@ impl Lpips {
 
     /// The distance of each pair: the five lin maps' spatial means, summed.
     pub fn forward(&self, x0: &Tensor, x1: &Tensor) -> Result<LpipsOutput> {
+        self.forward_dropout(x0, x1, None)
+    }
+
+    fn forward_dropout(&self, x0: &Tensor, x1: &Tensor, dropout: Option<&mut Rng>) -> Result<LpipsOutput> {
         let layers = self
-            .lin_maps(x0, x1)?
+            .lin_maps_dropout(x0, x1, dropout)?
             .iter()
             .map(|m| m.mean_keepdim(D::Minus1)?.mean_keepdim(D::Minus2))
             .collect::<Result<Vec<_>>>()?;
@@ -128,6 +143,12 @@ impl Lpips {
     /// VQGAN-LC's perceptual loss: the mean distance over the batch (a scalar).
     pub fn loss(&self, x0: &Tensor, x1: &Tensor) -> Result<Tensor> {
         self.forward(x0, x1)?.dist.mean_all()
+    }
+
+    /// The perceptual loss as official tokenizer training computes it: `model.train(True)` undoes
+    /// `LPIPS().eval()`, so the linear layers' dropout is active (draws from `rng`).
+    pub fn loss_train(&self, x0: &Tensor, x1: &Tensor, rng: &mut Rng) -> Result<Tensor> {
+        self.forward_dropout(x0, x1, Some(rng))?.dist.mean_all()
     }
 
     /// `normalize_tensor`: `x / (√(Σ_c x²) + eps)` per position.

@@ -18,6 +18,18 @@ impl Conv2d {
         let bias = Some(vb.get(cout, "bias")?);
         Ok(Conv2d { weight, bias, stride, padding })
     }
+
+    /// `nn.Conv2d(.., bias=False)`: reads `weight` only.
+    pub fn new_no_bias(
+        vb: VarBuilder,
+        cin: usize,
+        cout: usize,
+        k: usize,
+        stride: usize,
+        padding: usize,
+    ) -> Result<Self> {
+        Ok(Conv2d { weight: vb.get((cout, cin, k, k), "weight")?, bias: None, stride, padding })
+    }
 }
 
 impl Module for Conv2d {

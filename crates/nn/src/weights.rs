@@ -156,6 +156,11 @@ impl RandomWeights {
         VarBuilder::from_backend(Box::new(b), dtype, dev.clone())
     }
 
+    /// Fixes tensor `name` before the model asks for it (a loaded codebook, a layer with its own init).
+    pub fn preset(&self, name: &str, t: Tensor) {
+        self.made.lock().expect("weights lock").insert(name.to_string(), t);
+    }
+
     /// Every tensor made so far, by name.
     pub fn tensors(&self) -> HashMap<String, Tensor> {
         self.made.lock().expect("weights lock").clone()

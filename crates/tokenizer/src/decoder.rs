@@ -20,7 +20,7 @@ pub struct Decoder {
     mid_attn: AttnBlock,
     up: Vec<Level>, // index = level (0 = full resolution)
     norm_out: GroupNorm,
-    conv_out: Conv2d,
+    pub conv_out: Conv2d,
 }
 
 impl Decoder {
@@ -60,6 +60,15 @@ impl Decoder {
 
     /// The forward pass with `trace(name, output)` after every ResnetBlock (`decoder.up.{l}.block.{i}`).
     pub fn forward_traced(&self, z: &Tensor, trace: &mut dyn FnMut(&str, &Tensor)) -> Result<Tensor> {
+        Ok(self.forward_with_head_input(z, trace)?.1)
+    }
+
+    /// (the input of `conv_out`, the output): training's adaptive GAN weight needs the last layer's input.
+    pub fn forward_with_head_input(
+        &self,
+        z: &Tensor,
+        trace: &mut dyn FnMut(&str, &Tensor),
+    ) -> Result<(Tensor, Tensor)> {
         let mut h = self.conv_in.forward(z)?;
         h = self.mid[0].forward(&h)?;
         h = self.mid_attn.forward(&h)?;
@@ -76,7 +85,9 @@ impl Decoder {
                 h = u.forward(&h)?;
             }
         }
-        self.conv_out.forward(&self.norm_out.forward_silu(&h)?)
+        let head = self.norm_out.forward_silu(&h)?;
+        let out = self.conv_out.forward(&head)?;
+        Ok((head, out))
     }
 }
 

@@ -4,10 +4,12 @@ pub mod blocks;
 pub mod codebook;
 pub mod config;
 pub mod decoder;
+pub mod discriminator;
 pub mod encoder;
 pub mod load;
 pub mod model;
 pub mod quantizer;
+pub mod train;
 
 pub use config::{Projector, QuantizerKind, VqConfig};
 pub use load::{load_tokenizer, read_weights, write_model_dir, TokenizerWeights};

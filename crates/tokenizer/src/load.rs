@@ -180,19 +180,24 @@ pub fn write_model_dir(w: &TokenizerWeights, out: &Path, keep_codebook: bool, no
     let (mut model, weights) = w.build(DType::F32, &Device::Cpu)?;
     model.quantizer.freeze_projection()?;
     let projected = model.quantizer.codebook()?;
+    // only LC / SimVQ compute their codebook; the other kinds' rows are the codebook itself
+    let lc = model.quantizer.as_lc().is_some();
     let mut names = weights.names_used();
-    names.retain(|n| n != PROJECTED_KEY && (keep_codebook || n != "tok_embeddings.weight"));
+    names.retain(|n| n != PROJECTED_KEY && (keep_codebook || !lc || n != "tok_embeddings.weight"));
     let mut out_tensors: Vec<(String, Tensor)> = names.iter().map(|n| (n.clone(), w.tensors[n].clone())).collect();
-    out_tensors.push((PROJECTED_KEY.to_string(), projected));
+    if lc {
+        out_tensors.push((PROJECTED_KEY.to_string(), projected));
+    }
     let c = &w.config;
     let card = format!(
-        "# VQGAN-LC tokenizer\n\nConverted by `gen convert` from `{}`.\n\n- resolution {}², latent {}×{}, embed_dim {}\n\
-         - codebook {} × {} (frozen), projector {:?}\n- ch {} × {:?}, {} res blocks, attention at {:?}\n\n{}\n",
+        "# VQGAN-LC tokenizer\n\nFrom `{}`.\n\n- resolution {}², latent {}×{}, embed_dim {}\n\
+         - quantizer {}, codebook {} × {}, projector {:?}\n- ch {} × {:?}, {} res blocks, attention at {:?}\n\n{}\n",
         w.source.display(),
         c.resolution,
         c.latent_size(),
         c.latent_size(),
         c.embed_dim,
+        c.quantizer.name(),
         c.codebook_size,
         c.codebook_dim,
         c.projector,

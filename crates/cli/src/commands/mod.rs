@@ -13,3 +13,4 @@ pub mod reconstruct;
 pub mod rfid;
 mod tokenizer_args;
 pub mod train_classifier;
+pub mod train_tokenizer;

@@ -178,7 +178,7 @@ pub fn run(a: RfidArgs) -> Result<()> {
 }
 
 /// LPIPS from torchvision's VGG16 (`.pth` or safetensors) and the v0.1 linear layers.
-fn load_lpips(vgg: &std::path::Path, lin: &std::path::Path, dev: &Device) -> Result<Lpips> {
+pub(crate) fn load_lpips(vgg: &std::path::Path, lin: &std::path::Path, dev: &Device) -> Result<Lpips> {
     let read = |p: &std::path::Path| -> Result<std::collections::HashMap<String, Tensor>> {
         if !p.exists() {
             bail!("{}: not found (VGG16: torchvision's vgg16-397923af.pth; lins: the lpips package's weights/v0.1/vgg.pth)", p.display());

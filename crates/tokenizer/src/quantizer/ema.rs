@@ -104,6 +104,15 @@ impl EmaQuantizer {
 
         let ids = idx.to_vec1::<u32>()?;
         let zv = zf.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        self.apply_update(&ids, &zv);
+        Ok(Quantized { z_q, loss, indices: idx.reshape((b, h * w))? })
+    }
+
+    /// The moving-average update for latents `zv` (rows of `dim`, row-major) assigned to codes `ids`:
+    /// the official arithmetic, in f32 and its order. Training with batch shards calls it once per
+    /// step with every shard's rows, in shard order, so the update equals the whole batch's.
+    pub fn apply_update(&mut self, ids: &[u32], zv: &[f32]) {
+        let e = self.dim;
         let mut counts = vec![0f32; self.n];
         let mut embed_sum = vec![0f32; self.n * e];
         for (r, &i) in ids.iter().enumerate() {
@@ -127,6 +136,5 @@ impl EmaQuantizer {
                 self.embedding[k * e + c] = self.embed_avg[k * e + c] / smoothed;
             }
         }
-        Ok(Quantized { z_q, loss, indices: idx.reshape((b, h * w))? })
     }
 }

@@ -106,7 +106,7 @@ pub fn embed_rows(cb: &Tensor, indices: &Tensor, h: usize, w: usize) -> Result<T
 }
 
 /// z [B, e, h, w] → rows [B·h·w, e] (b c h w → (b h w) c).
-pub(crate) fn rows(z: &Tensor) -> Result<Tensor> {
+pub fn rows(z: &Tensor) -> Result<Tensor> {
     let (b, e, h, w) = z.dims4()?;
     z.permute((0, 2, 3, 1))?.reshape((b * h * w, e))
 }

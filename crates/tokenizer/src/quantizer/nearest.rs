@@ -20,9 +20,24 @@ pub fn plan(m: usize, n: usize) -> (usize, usize) {
 /// Index of the nearest codebook row for each row of `z` [M, e], against `codebook` [N, e].
 /// Ties keep the first minimum, as `torch.argmin`. Returns U32 [M].
 pub fn nearest_codes(z: &Tensor, codebook: &Tensor) -> Result<Tensor> {
+    if z.device().is_cpu() && codebook.device().is_cpu() {
+        return nearest_codes_fused(z, codebook);
+    }
     let (m, n) = (z.dim(0)?, codebook.dim(0)?);
     let (rows, chunk) = plan(m, n);
     nearest_codes_blocked(z, codebook, rows, chunk)
+}
+
+/// The CPU search: GEMM blocks and the argmin fused in one pass (k-means' assignment step), with no
+/// distance tensor materialised. ‖z‖² does not change the argmin and is left out.
+fn nearest_codes_fused(z: &Tensor, codebook: &Tensor) -> Result<Tensor> {
+    let e = z.dim(1)?;
+    if codebook.dim(1)? != e {
+        candle_core::bail!("nearest codes: latent rows have {e} values, codebook rows {}", codebook.dim(1)?);
+    }
+    let flat = |t: &Tensor| t.detach().to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>();
+    let (labels, _) = crate::codebook::kmeans::assign(&flat(z)?, e, &flat(codebook)?);
+    Tensor::from_vec(labels, z.dim(0)?, z.device())
 }
 
 /// `nearest_codes` with explicit block sizes (tests cross every border with small ones).
@@ -82,6 +97,17 @@ mod tests {
                 (0..cv.len()).min_by(|&a, &b| d(&cv[a]).total_cmp(&d(&cv[b])).then(a.cmp(&b))).unwrap() as u32
             })
             .collect()
+    }
+
+    #[test]
+    fn the_fused_cpu_search_equals_the_blocked_one() {
+        let mut rng = gen_runtime::Rng::new(3);
+        let dev = Device::Cpu;
+        let z = rng.randn((700, 8), 1.0, &dev).unwrap();
+        let cb = rng.randn((5000, 8), 1.0, &dev).unwrap();
+        let fused = nearest_codes(&z, &cb).unwrap().to_vec1::<u32>().unwrap();
+        let blocked = nearest_codes_blocked(&z, &cb, 64, 1000).unwrap().to_vec1::<u32>().unwrap();
+        assert_eq!(fused, blocked);
     }
 
     #[test]

@@ -1,0 +1,577 @@
+//! Tokenizer training, the official recipe (`engine_training_vqgan.train_one_epoch`, `VQModel.forward`):
+//!
+//! - generator loss `L1 + rate_p·LPIPS + rate_q·qloss + d_weight·g_loss`, with
+//!   `d_weight = rate_d · clamp(‖∇_W nll‖ / (‖∇_W g_loss‖ + 1e-4), 0, 1e4)` on `W = decoder.conv_out.weight`
+//!   and `nll = L1 + rate_p·LPIPS`; the GAN term and the discriminator step only after `disc_start`;
+//! - the discriminator: hinge loss on real images and the (detached) reconstructions, in train mode.
+//!
+//! How the gradients are assembled (one backward through the tokenizer per step): the losses that look
+//! at the reconstruction are differentiated first with respect to the reconstruction alone (a detached
+//! leaf), giving `g_nll` and `g_gan`; their gradients on `conv_out.weight` follow from the layer's input
+//! by one weight-gradient each, which gives `d_weight`; then one backward of
+//! `Σ xrec · (g_nll + d_weight·g_gan) + rate_q·qloss` fills every tokenizer gradient. This equals the
+//! official gradient of its summed loss.
+//!
+//! One deviation, to save a forward pass: the official discriminator step re-runs the tokenizer after
+//! the generator's update to get its fake images; here it reuses the step's reconstructions.
+
+pub mod config;
+pub mod data;
+pub mod init;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use rayon::prelude::*;
+
+use candle_core::{DType, Device, Module, Tensor, Var};
+use gen_eval::lpips::Lpips;
+use gen_nn::{Params, Weights};
+use gen_runtime::{Error, Result, Rng};
+use gen_train::adamw::{AdamW, AdamWConfig};
+use gen_train::run::{Checkpoint, Progress, RunDir};
+use gen_train::schedule::warmup_cosine;
+use gen_train::vars::{load_vars, var_tensors};
+
+use crate::discriminator::{self, Discriminator, NDF, N_LAYERS};
+use crate::load::TokenizerWeights;
+use crate::model::VqModel;
+use crate::quantizer::Quantizer;
+pub use config::TrainConfig;
+use data::{next_batch, TrainImages};
+
+/// The numbers of one step, for the log.
+#[derive(Clone, Debug, Default)]
+pub struct StepStats {
+    pub loss: f64,
+    pub rec: f64,
+    pub q: f64,
+    pub p: Option<f64>,
+    pub g: Option<f64>,
+    pub d: Option<f64>,
+    pub d_weight: Option<f64>,
+}
+
+/// Code usage over a window of steps and over the current epoch.
+struct Usage {
+    window: Vec<u64>,
+    epoch: Vec<u64>,
+}
+
+impl Usage {
+    fn new(n: usize) -> Self {
+        Usage { window: vec![0; n], epoch: vec![0; n] }
+    }
+    fn add(&mut self, ids: &[u32]) {
+        for &i in ids {
+            self.window[i as usize] += 1;
+            self.epoch[i as usize] += 1;
+        }
+    }
+}
+
+/// Active codes, utilisation (fraction of codes used at least once) and perplexity of usage counts.
+pub fn usage_stats(counts: &[u64]) -> (usize, f64, f64) {
+    let total: u64 = counts.iter().sum();
+    let active = counts.iter().filter(|&&c| c > 0).count();
+    let entropy: f64 = counts
+        .iter()
+        .filter(|&&c| c > 0)
+        .map(|&c| {
+            let p = c as f64 / total as f64;
+            -p * p.ln()
+        })
+        .sum();
+    (active, active as f64 / counts.len().max(1) as f64, entropy.exp())
+}
+
+pub struct TokenizerTrainer {
+    pub cfg: TrainConfig,
+    pub model: VqModel,
+    ae: Vec<(String, Var)>,
+    disc: Option<Gan>,
+    opt_ae: AdamW,
+    lpips: Option<Lpips>,
+    pub run: RunDir,
+    pub progress: Progress,
+    rng: Rng,
+    usage: Usage,
+    order: Option<(u64, Vec<usize>)>,
+    dev: Device,
+}
+
+/// The discriminator, its parameters and its optimizer.
+struct Gan {
+    net: Discriminator,
+    vars: Vec<(String, Var)>,
+    opt: AdamW,
+}
+
+/// The prefix of the discriminator's tensors in checkpoints (the official state-dict key).
+const DISC: &str = "discriminator.";
+
+impl TokenizerTrainer {
+    /// A run in `root`: started fresh, or continued from its newest checkpoint with `resume` (refused when
+    /// the config differs from the one it was started with). `lpips`: the perceptual network, when the
+    /// user gave its weights.
+    pub fn open(mut cfg: TrainConfig, root: &Path, resume: bool, lpips: Option<Lpips>, dev: &Device) -> Result<Self> {
+        cfg.validate()?;
+        let codebook = match &cfg.codebook.file {
+            Some(f) => {
+                let path = Path::new(f);
+                cfg.codebook.sha256 = Some(gen_runtime::io::sha256_file(path)?);
+                Some(init::read_frozen_codebook(path, &cfg.model)?)
+            }
+            None => None,
+        };
+        let seed = cfg.train.seed;
+        let tensors = init::initial_weights(&cfg.model, codebook, seed)?;
+        let (params, tensors) = Params::from_tensors(&tensors, |n| init::trainable(&cfg.model, n))?;
+        let model = VqModel::new(Weights::new("initial weights", tensors).var_builder(DType::F32, dev), &cfg.model)?;
+        if let Quantizer::Ema(q) = &model.quantizer {
+            q.lock().map_err(|_| Error::Invalid("EMA state poisoned".into()))?.updating = true;
+        }
+        let adam = AdamWConfig {
+            lr: cfg.optim.lr,
+            beta1: cfg.optim.beta1,
+            beta2: cfg.optim.beta2,
+            eps: cfg.optim.eps,
+            weight_decay: 0.0,
+        };
+        let opt_ae = AdamW::new(params.vars.clone(), adam.clone())?;
+        let disc = if cfg.loss.rate_d > 0.0 {
+            let mut rng = Rng::new(seed ^ 0xD15C);
+            let t: HashMap<String, Tensor> = discriminator::init(cfg.model.out_ch, NDF, N_LAYERS, &mut rng)?
+                .into_iter()
+                .map(|(k, v)| (format!("{DISC}{k}"), v))
+                .collect();
+            let (p, t) = Params::from_tensors(&t, |n| !n.contains("running_"))?;
+            let vb = Weights::new("initial discriminator", t).var_builder(DType::F32, dev);
+            let d = Discriminator::new(vb.pp("discriminator"), cfg.model.out_ch, NDF, N_LAYERS)?;
+            let opt = AdamW::new(p.vars.clone(), adam)?;
+            Some(Gan { net: d, vars: p.vars, opt })
+        } else {
+            None
+        };
+        let n_codes = cfg.model.codebook_size;
+        let (run, ckpt) = if resume { RunDir::resume(root, &cfg, dev)? } else { (RunDir::create(root, &cfg)?, None) };
+        let mut t = TokenizerTrainer {
+            cfg,
+            model,
+            ae: params.vars,
+            disc,
+            opt_ae,
+            lpips,
+            run,
+            progress: Progress::default(),
+            rng: Rng::new(seed ^ 0x7EA1),
+            usage: Usage::new(n_codes),
+            order: None,
+            dev: dev.clone(),
+        };
+        if let Some(c) = ckpt {
+            t.restore(c)?;
+        }
+        Ok(t)
+    }
+
+    fn restore(&mut self, c: Checkpoint) -> Result<()> {
+        let (mp, op) = (c.model_path(), c.optimizer_path());
+        load_vars(&self.ae, &c.model, &mp)?;
+        self.opt_ae.load_state_tensors(&c.optimizer, &op)?;
+        if let Some(gan) = &mut self.disc {
+            load_vars(&gan.vars, &c.model, &mp)?;
+            gan.opt.load_state_tensors(&c.optimizer, &op)?;
+            gan.net.set_running_stats(DISC, &c.model).map_err(|e| Error::format(&mp, e.to_string()))?;
+        }
+        if let Quantizer::Ema(q) = &self.model.quantizer {
+            let get = |k: &str| {
+                c.model.get(k).cloned().ok_or_else(|| Error::MissingKey {
+                    path: mp.clone(),
+                    key: k.into(),
+                    expected: None,
+                })
+            };
+            let mut state = crate::quantizer::EmaQuantizer::from_state(
+                &get("tok_embeddings.weight")?,
+                &get("cluster_size")?,
+                &get("embed_avg")?,
+            )?;
+            state.updating = true;
+            *q.lock().map_err(|_| Error::Invalid("EMA state poisoned".into()))? = state;
+        }
+        self.rng = c.rng;
+        self.progress = c.progress;
+        Ok(())
+    }
+
+    /// Everything a resumed run needs besides the optimizer moments.
+    fn model_tensors(&self) -> Result<Vec<(String, Tensor)>> {
+        let mut out = var_tensors(&self.ae);
+        if let Some(gan) = &self.disc {
+            out.extend(var_tensors(&gan.vars));
+            out.extend(gan.net.running_stats(DISC));
+        }
+        if let Quantizer::Ema(q) = &self.model.quantizer {
+            let q = q.lock().map_err(|_| Error::Invalid("EMA state poisoned".into()))?;
+            let [e, cs, avg] = q.state(&Device::Cpu)?;
+            out.extend([("tok_embeddings.weight".into(), e), ("cluster_size".into(), cs), ("embed_avg".into(), avg)]);
+        }
+        Ok(out)
+    }
+
+    fn optimizer_tensors(&self) -> Result<Vec<(String, Tensor)>> {
+        let mut out = self.opt_ae.state_tensors()?;
+        if let Some(gan) = &self.disc {
+            out.extend(gan.opt.state_tensors()?);
+        }
+        Ok(out)
+    }
+
+    pub fn checkpoint(&self) -> Result<PathBuf> {
+        self.run.save_checkpoint(&self.progress, &self.rng, &self.model_tensors()?, &self.optimizer_tensors()?)
+    }
+
+    /// One training step on images `x` [B, 3, S, S] in [−1, 1]; the weights move only when every loss
+    /// is finite. Returns the step's numbers and the code ids it used.
+    ///
+    /// The batch is split into one shard per thread; each shard runs forward and backward on its own
+    /// thread with single-threaded BLAS (no hand-offs between thread pools), its losses weighted by its
+    /// share of the batch, and the shards' gradients are summed in shard order: the batch's gradient,
+    /// the same bits on every run at a given thread count.
+    pub fn step(&mut self, x: &Tensor, step: u64) -> Result<(StepStats, Vec<u32>)> {
+        let number = step + 1;
+        let gan_on = self.disc.is_some() && step > self.cfg.loss.disc_start;
+        let b = x.dim(0)?;
+        let parts = rayon::current_num_threads().clamp(1, b);
+        let bounds: Vec<(usize, usize)> = (0..parts).map(|i| (i * b / parts, (i + 1) * b / parts)).collect();
+        let seeds: Vec<u64> = bounds.iter().map(|_| self.rng.next_u64()).collect();
+        let ema = matches!(self.model.quantizer, Quantizer::Ema(_));
+        if let Quantizer::Ema(q) = &self.model.quantizer {
+            q.lock().map_err(|_| Error::Invalid("EMA state poisoned".into()))?.updating = false;
+        }
+        let (rate_p, rate_q, rate_d) = (self.cfg.loss.rate_p, self.cfg.loss.rate_q, self.cfg.loss.rate_d);
+        let use_p = self.lpips.is_some() && rate_p > 0.0;
+
+        // phase 1, per shard: forward, and the reconstruction-side gradients at the reconstruction
+        let this = &*self;
+        let shards: Vec<Shard> = gen_nn::kernels::gemm::serial(|| {
+            bounds
+                .par_iter()
+                .zip(&seeds)
+                .map(|(&(lo, hi), &seed)| {
+                    this.forward_shard(
+                        &x.narrow(0, lo, hi - lo)?,
+                        (hi - lo) as f64 / b as f64,
+                        seed,
+                        gan_on,
+                        use_p,
+                        ema,
+                    )
+                })
+                .collect::<Result<Vec<_>>>()
+        })?;
+
+        // phase 2: the adaptive GAN weight from the batch's gradients on conv_out.weight
+        let mut stats = StepStats::default();
+        for sh in &shards {
+            stats.rec += sh.rec;
+            stats.q += sh.q;
+            if let Some(p) = sh.p {
+                *stats.p.get_or_insert(0.0) += p;
+            }
+            if let Some(g) = sh.g {
+                *stats.g.get_or_insert(0.0) += g;
+            }
+        }
+        let dw = if gan_on {
+            let sum = |f: &dyn Fn(&Shard) -> Option<&Tensor>| -> Result<f64> {
+                let mut acc: Option<Tensor> = None;
+                for sh in &shards {
+                    let t = f(sh).ok_or_else(|| Error::Invalid("a shard lacks its GAN gradient".into()))?;
+                    acc = Some(match acc {
+                        Some(a) => (a + t)?,
+                        None => t.clone(),
+                    });
+                }
+                scalar(&acc.ok_or_else(|| Error::Invalid("no shards".into()))?.sqr()?.sum_all()?.sqrt()?)
+            };
+            let (n_nll, n_gan) = (sum(&|s| Some(&s.w_nll))?, sum(&|s| s.w_gan.as_ref())?);
+            let dw = (n_nll / (n_gan + 1e-4)).clamp(0.0, 1e4) * rate_d;
+            stats.d_weight = Some(dw);
+            dw
+        } else {
+            0.0
+        };
+        stats.loss = stats.rec + rate_p * stats.p.unwrap_or(0.0) + rate_q * stats.q + dw * stats.g.unwrap_or(0.0);
+        if !stats.loss.is_finite() {
+            let last = match self.run.latest()? {
+                Some(dir) => format!("the last good checkpoint is {}", dir.display()),
+                None => "no checkpoint was written yet".to_string(),
+            };
+            return Err(Error::Invalid(format!("step {number}: the loss is {}; training stopped, {last}", stats.loss)));
+        }
+
+        // phase 3, per shard: one backward through the tokenizer; the shards' gradients summed in order
+        let grads = gen_nn::kernels::gemm::serial(|| {
+            shards
+                .par_iter()
+                .map(|sh| {
+                    let mut g = sh.g_nll.clone();
+                    if let Some(gg) = &sh.g_gan {
+                        g = (g + (gg * dw)?)?;
+                    }
+                    let total = ((&sh.xrec * g.detach())?.sum_all()? + (&sh.q_loss * (rate_q * sh.share))?)?;
+                    Ok(total.backward()?)
+                })
+                .collect::<Result<Vec<_>>>()
+        })?;
+        self.opt_ae.step(&sum_grads(grads, &self.ae)?)?;
+        let mut ids = Vec::new();
+        let mut rows = Vec::new();
+        for sh in &shards {
+            ids.extend_from_slice(&sh.ids);
+            rows.extend_from_slice(&sh.z_rows);
+        }
+        if let Quantizer::Ema(q) = &self.model.quantizer {
+            let mut q = q.lock().map_err(|_| Error::Invalid("EMA state poisoned".into()))?;
+            q.apply_update(&ids, &rows);
+            q.updating = true;
+        }
+
+        // the discriminator: hinge loss on real and reconstructed images, shard by shard
+        if gan_on {
+            let gan = self.disc.as_ref().expect("gan_on implies a discriminator");
+            let d = &gan.net;
+            let out = gen_nn::kernels::gemm::serial(|| {
+                bounds
+                    .par_iter()
+                    .zip(&shards)
+                    .map(|(&(lo, hi), sh)| {
+                        let xs = x.narrow(0, lo, hi - lo)?;
+                        let l = discriminator::hinge_d_loss(
+                            &d.forward_batch_stats(&xs)?,
+                            &d.forward_batch_stats(&sh.xrec.detach())?,
+                        )?;
+                        let l = (l * sh.share)?;
+                        Ok((scalar(&l)?, l.backward()?))
+                    })
+                    .collect::<Result<Vec<_>>>()
+            })?;
+            let dl: f64 = out.iter().map(|(l, _)| l).sum();
+            if !dl.is_finite() {
+                return Err(Error::Invalid(format!("step {number}: the discriminator loss is {dl}; training stopped")));
+            }
+            let g = sum_grads(out.into_iter().map(|(_, g)| g).collect(), &gan.vars)?;
+            self.disc.as_mut().expect("checked").opt.step(&g)?;
+            stats.d = Some(dl);
+        }
+        Ok((stats, ids))
+    }
+
+    /// Phase 1 of a step on one shard (`share` of the batch): forward, losses weighted by the share, and
+    /// their gradients at the reconstruction and on `conv_out.weight`.
+    fn forward_shard(&self, x: &Tensor, share: f64, seed: u64, gan_on: bool, use_p: bool, ema: bool) -> Result<Shard> {
+        let z = self.model.encode_latent(x)?;
+        let q = self.model.quantizer.quantize(&z)?;
+        let (head, xrec) =
+            self.model.decoder.forward_with_head_input(&self.model.post_quant_conv.forward(&q.z_q)?, &mut |_, _| {})?;
+        let leaf = Var::from_tensor(&xrec.detach())?;
+        let rec = ((x - leaf.as_tensor())?.abs()?.mean_all()? * share)?;
+        let p = match &self.lpips {
+            Some(l) if use_p => Some(
+                (if self.cfg.loss.lpips_dropout {
+                    l.loss_train(x, leaf.as_tensor(), &mut Rng::new(seed))?
+                } else {
+                    l.loss(x, leaf.as_tensor())?
+                } * share)?,
+            ),
+            _ => None,
+        };
+        let nll = match &p {
+            Some(p) => (&rec + (p * self.cfg.loss.rate_p)?)?,
+            None => rec.clone(),
+        };
+        let g_nll = grad_of(&nll, &leaf)?;
+        let w = &self.model.decoder.conv_out.weight;
+        let w_nll = conv_weight_grad(&head, w, &g_nll)?;
+        let (g, g_gan, w_gan) = if gan_on {
+            let d = &self.disc.as_ref().expect("gan_on implies a discriminator").net;
+            let g = (discriminator::g_loss(&d.forward_batch_stats(leaf.as_tensor())?)? * share)?;
+            let g_gan = grad_of(&g, &leaf)?;
+            let w_gan = conv_weight_grad(&head, w, &g_gan)?;
+            (Some(scalar(&g)?), Some(g_gan), Some(w_gan))
+        } else {
+            (None, None, None)
+        };
+        let z_rows = if ema { crate::quantizer::rows(&z)?.flatten_all()?.to_vec1::<f32>()? } else { Vec::new() };
+        Ok(Shard {
+            share,
+            rec: scalar(&rec)?,
+            q: scalar(&q.loss)? * share,
+            p: p.as_ref().map(scalar).transpose()?,
+            g,
+            ids: q.indices.flatten_all()?.to_vec1::<u32>()?,
+            z_rows,
+            q_loss: q.loss,
+            xrec,
+            g_nll,
+            g_gan,
+            w_nll,
+            w_gan,
+        })
+    }
+
+    /// Trains until `until` steps (at most the config's), logging and checkpointing; `on_log(step, line)`
+    /// sees every log line (the CLI's progress bar).
+    pub fn train(
+        &mut self,
+        data: &TrainImages,
+        until: u64,
+        mut on_log: impl FnMut(u64, &serde_json::Map<String, serde_json::Value>),
+    ) -> Result<()> {
+        let (steps, batch) = (self.cfg.train.steps, self.cfg.train.batch_size);
+        let until = until.min(steps);
+        let warmup = self.cfg.optim.warmup_steps.min(steps.saturating_sub(1));
+        while self.progress.step < until {
+            let step = self.progress.step;
+            let lr = warmup_cosine(step, self.cfg.optim.lr, self.cfg.optim.min_lr, warmup, steps);
+            self.opt_ae.set_lr(lr);
+            if let Some(gan) = &mut self.disc {
+                gan.opt.set_lr(lr);
+            }
+            let epoch_before = self.progress.epoch;
+            let ids = {
+                let Progress { epoch, cursor, .. } = &mut self.progress;
+                next_batch(data.len(), batch, self.cfg.train.seed, epoch, cursor, &mut self.order)?
+            };
+            let mut fields = serde_json::Map::new();
+            if self.progress.epoch != epoch_before {
+                // an epoch ended: its utilisation
+                let (active, util, ppl) = usage_stats(&self.usage.epoch);
+                fields.insert("epoch_active_codes".into(), active.into());
+                fields.insert("epoch_utilization".into(), util.into());
+                fields.insert("epoch_perplexity".into(), ppl.into());
+                self.usage.epoch.iter_mut().for_each(|c| *c = 0);
+            }
+            let x = data.batch(&ids, self.cfg.model.resolution, &self.dev)?;
+            let (stats, codes) = self.step(&x, step)?;
+            self.usage.add(&codes);
+            let number = step + 1;
+            self.progress.step = number;
+            let log_every = self.cfg.train.log_every;
+            if !fields.is_empty() || (log_every > 0 && number.is_multiple_of(log_every)) || number == steps {
+                let (active, util, ppl) = usage_stats(&self.usage.window);
+                self.usage.window.iter_mut().for_each(|c| *c = 0);
+                fields.insert("epoch".into(), self.progress.epoch.into());
+                fields.insert("lr".into(), lr.into());
+                fields.insert("loss".into(), stats.loss.into());
+                fields.insert("rec_loss".into(), stats.rec.into());
+                fields.insert("q_loss".into(), stats.q.into());
+                for (k, v) in
+                    [("p_loss", stats.p), ("g_loss", stats.g), ("d_loss", stats.d), ("d_weight", stats.d_weight)]
+                {
+                    if let Some(v) = v {
+                        fields.insert(k.into(), v.into());
+                    }
+                }
+                fields.insert("window_active_codes".into(), active.into());
+                fields.insert("window_utilization".into(), util.into());
+                fields.insert("window_perplexity".into(), ppl.into());
+                self.run.log(number, &fields)?;
+                on_log(number, &fields);
+            }
+            let every = self.cfg.train.checkpoint_every;
+            if (every > 0 && number.is_multiple_of(every)) || number == steps {
+                self.checkpoint()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The trained tokenizer as loadable weights (official names; EMA rows and averages included).
+    pub fn weights(&self) -> Result<TokenizerWeights> {
+        let mut tensors: HashMap<String, Tensor> =
+            self.model_tensors()?.into_iter().filter(|(k, _)| !k.starts_with(DISC)).collect();
+        if let Some(lc) = self.model.quantizer.as_lc() {
+            if let Some(cb) = &lc.tok_embeddings {
+                tensors.insert("tok_embeddings.weight".into(), cb.clone());
+            }
+        }
+        Ok(TokenizerWeights { source: self.run.root().to_path_buf(), config: self.cfg.model.clone(), tensors })
+    }
+}
+
+/// What phase 1 of a step leaves for the rest, per shard.
+struct Shard {
+    share: f64,
+    rec: f64,
+    q: f64,
+    p: Option<f64>,
+    g: Option<f64>,
+    ids: Vec<u32>,
+    /// The shard's latents as rows, for the EMA update (empty for other quantizers).
+    z_rows: Vec<f32>,
+    q_loss: Tensor,
+    xrec: Tensor,
+    g_nll: Tensor,
+    g_gan: Option<Tensor>,
+    w_nll: Tensor,
+    w_gan: Option<Tensor>,
+}
+
+/// The shards' gradients of `vars`, summed in shard order.
+fn sum_grads(
+    mut stores: Vec<candle_core::backprop::GradStore>,
+    vars: &[(String, Var)],
+) -> Result<candle_core::backprop::GradStore> {
+    let mut first = stores.remove(0);
+    for (_, v) in vars {
+        let mut acc = first.remove(v.as_tensor());
+        for s in &stores {
+            if let Some(g) = s.get(v.as_tensor()) {
+                acc = Some(match acc {
+                    Some(a) => (a + g)?,
+                    None => g.clone(),
+                });
+            }
+        }
+        if let Some(a) = acc {
+            first.insert(v.as_tensor(), a);
+        }
+    }
+    Ok(first)
+}
+
+fn scalar(t: &Tensor) -> Result<f64> {
+    Ok(t.to_dtype(DType::F64)?.to_scalar::<f64>()?)
+}
+
+/// d loss / d leaf.
+fn grad_of(loss: &Tensor, leaf: &Var) -> Result<Tensor> {
+    let g = loss.backward()?;
+    g.get(leaf.as_tensor())
+        .cloned()
+        .ok_or_else(|| Error::Invalid("the loss does not depend on the reconstruction".into()))
+}
+
+/// The gradient on a 3×3 `conv_out` weight `w` of the output gradient `g`, given the layer's input `head`.
+fn conv_weight_grad(head: &Tensor, w: &Tensor, g: &Tensor) -> Result<Tensor> {
+    let wv = Var::from_tensor(&w.detach())?;
+    let y = gen_nn::kernels::conv2d(&head.detach(), wv.as_tensor(), None, 1, 1)?;
+    let gw = (y * g.detach())?.sum_all()?.backward()?;
+    gw.get(wv.as_tensor()).cloned().ok_or_else(|| Error::Invalid("conv_out weight has no gradient".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usage_of_counts() {
+        let (active, util, ppl) = usage_stats(&[5, 0, 5, 0]);
+        assert_eq!(active, 2);
+        assert!((util - 0.5).abs() < 1e-12);
+        assert!((ppl - 2.0).abs() < 1e-9, "two equally used codes: perplexity 2");
+    }
+}
