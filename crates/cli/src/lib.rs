@@ -41,6 +41,8 @@ enum Command {
     InitCodebook(init_codebook::InitCodebookArgs),
     /// Train a tokenizer (VQGAN-LC, VQGAN, EMA, FC or SimVQ) with the official recipe.
     TrainTokenizer(train_tokenizer::TrainTokenizerArgs),
+    /// Codebook utilisation of a tokenizer on a set of images (active codes, %, perplexity, histogram).
+    Utilization(utilization::UtilizationArgs),
 }
 
 /// Parses the process arguments and runs the subcommand; exits non-zero with a one-line error.
@@ -59,6 +61,7 @@ pub fn main() {
         Command::EvalClasses(a) => eval_classes::run(a),
         Command::InitCodebook(a) => init_codebook::run(a),
         Command::TrainTokenizer(a) => train_tokenizer::run(a),
+        Command::Utilization(a) => utilization::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {}", gen_runtime::one_line(e.as_ref()));

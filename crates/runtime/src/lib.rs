@@ -6,6 +6,7 @@ pub mod error;
 pub mod imageio;
 pub mod io;
 pub mod model_dir;
+pub mod plot;
 pub mod progress;
 pub mod pth;
 pub mod rng;

@@ -10,6 +10,7 @@ pub mod load;
 pub mod model;
 pub mod quantizer;
 pub mod train;
+pub mod usage;
 
 pub use config::{Projector, QuantizerKind, VqConfig};
 pub use load::{load_tokenizer, read_weights, write_model_dir, TokenizerWeights};

@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod convert;
+mod datasets;
 pub mod decode;
 pub mod encode;
 pub mod eval_classes;
@@ -14,3 +15,4 @@ pub mod rfid;
 mod tokenizer_args;
 pub mod train_classifier;
 pub mod train_tokenizer;
+pub mod utilization;

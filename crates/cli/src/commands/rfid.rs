@@ -8,8 +8,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use clap::Args;
-use gen_data::fmnist::{FashionMnist, DEFAULT_DIR};
-use gen_eval::features::{extract, list_images, load_inception, ImageSource, INCEPTION_FILE};
+use gen_eval::features::{extract, load_inception, ImageSource, INCEPTION_FILE};
 use gen_eval::lpips::{Lpips, VQGAN_LC_EPS};
 use gen_eval::quality::{psnr, ssim, Channels};
 use gen_eval::{frechet_distance, FrechetOptions, Tap};
@@ -17,6 +16,7 @@ use gen_nn::Weights;
 use gen_runtime::imageio::{self, RgbImage};
 use gen_runtime::progress;
 
+use super::datasets::Data;
 use super::fid::Mode;
 use super::tokenizer_args::TokenizerArgs;
 
@@ -42,52 +42,6 @@ pub struct RfidArgs {
     /// LPIPS v0.1 linear layers (`vgg.pth` of the lpips package, or VQGAN-LC's `models/vgg.pth`).
     #[arg(long, requires = "lpips_vgg")]
     pub lpips_lin: Option<PathBuf>,
-}
-
-/// The images to reconstruct, loaded lazily batch by batch.
-enum Data {
-    Files(Vec<PathBuf>),
-    Fmnist(FashionMnist, usize),
-}
-
-impl Data {
-    fn open(spec: &str, count: Option<usize>, quiet: bool) -> Result<Data> {
-        let data = match spec.strip_prefix("fmnist:") {
-            Some(split) => {
-                let split = match split {
-                    "test" | "t10k" => "t10k",
-                    "train" => "train",
-                    other => bail!("--data fmnist:{other}: expected fmnist:test or fmnist:train"),
-                };
-                let ds = FashionMnist::load(std::path::Path::new(DEFAULT_DIR), split)?;
-                let n = count.unwrap_or(ds.len()).min(ds.len());
-                Data::Fmnist(ds, n)
-            }
-            None => {
-                let (mut files, skipped) = list_images(std::path::Path::new(spec))?;
-                if skipped > 0 && !quiet {
-                    eprintln!("note: {spec}: skipped {skipped} files that are not PNG or JPEG images");
-                }
-                files.truncate(count.unwrap_or(files.len()));
-                Data::Files(files)
-            }
-        };
-        Ok(data)
-    }
-
-    fn len(&self) -> usize {
-        match self {
-            Data::Files(f) => f.len(),
-            Data::Fmnist(_, n) => *n,
-        }
-    }
-
-    fn image(&self, i: usize) -> Result<RgbImage> {
-        Ok(match self {
-            Data::Files(f) => imageio::load_rgb(&f[i])?.0,
-            Data::Fmnist(ds, _) => ds.rgb(i),
-        })
-    }
 }
 
 /// Running sums of the per-image metrics.

@@ -32,6 +32,23 @@ pub struct CodebookSource {
     /// The file's sha256, filled in when the run starts (so `--resume` refuses a changed codebook).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sha256: Option<String>,
+    /// How the projector starts (LC, SimVQ).
+    #[serde(default)]
+    pub projector_init: ProjectorInit,
+}
+
+/// The projector's initial weights.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ProjectorInit {
+    /// The official draw: `normal_(std = embed_dim ** -0.5)` (Linear), torch's default (MLP).
+    #[default]
+    Official,
+    /// The official draw, then its last layer rescaled on the first batch so the projected codebook has
+    /// the latents' per-channel mean and standard deviation (a data-dependent init, as codebooks are often
+    /// initialised from the first batch). Without it the projected codebook starts ~10× wider than the
+    /// encoder's latents and a short run uses only the codes near its centre.
+    LatentMoments,
 }
 
 /// The official generator loss `L1 + rate_p·LPIPS + rate_q·qloss + d_weight·g_loss` and its GAN settings.

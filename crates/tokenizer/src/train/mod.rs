@@ -37,6 +37,7 @@ use crate::discriminator::{self, Discriminator, NDF, N_LAYERS};
 use crate::load::TokenizerWeights;
 use crate::model::VqModel;
 use crate::quantizer::Quantizer;
+use crate::usage::CodeUsage;
 pub use config::TrainConfig;
 use data::{next_batch, TrainImages};
 
@@ -54,35 +55,18 @@ pub struct StepStats {
 
 /// Code usage over a window of steps and over the current epoch.
 struct Usage {
-    window: Vec<u64>,
-    epoch: Vec<u64>,
+    window: CodeUsage,
+    epoch: CodeUsage,
 }
 
 impl Usage {
     fn new(n: usize) -> Self {
-        Usage { window: vec![0; n], epoch: vec![0; n] }
+        Usage { window: CodeUsage::new(n), epoch: CodeUsage::new(n) }
     }
     fn add(&mut self, ids: &[u32]) {
-        for &i in ids {
-            self.window[i as usize] += 1;
-            self.epoch[i as usize] += 1;
-        }
+        self.window.add(ids);
+        self.epoch.add(ids);
     }
-}
-
-/// Active codes, utilisation (fraction of codes used at least once) and perplexity of usage counts.
-pub fn usage_stats(counts: &[u64]) -> (usize, f64, f64) {
-    let total: u64 = counts.iter().sum();
-    let active = counts.iter().filter(|&&c| c > 0).count();
-    let entropy: f64 = counts
-        .iter()
-        .filter(|&&c| c > 0)
-        .map(|&c| {
-            let p = c as f64 / total as f64;
-            -p * p.ln()
-        })
-        .sum();
-    (active, active as f64 / counts.len().max(1) as f64, entropy.exp())
 }
 
 pub struct TokenizerTrainer {
@@ -228,8 +212,48 @@ impl TokenizerTrainer {
         Ok(out)
     }
 
+    /// `projector_init = "latent-moments"`: rescales the projector's last layer so P(E) has the per-channel
+    /// mean and standard deviation of the latents of `x` (run once, before the first step).
+    fn match_projector_to_latents(&mut self, x: &Tensor) -> Result<()> {
+        let Some(lc) = self.model.quantizer.as_lc() else { return Ok(()) };
+        let moments = |t: &Tensor| -> Result<(Vec<f64>, Vec<f64>)> {
+            let t = t.to_dtype(DType::F64)?;
+            let mean = t.mean(0)?;
+            let std = t.broadcast_sub(&mean)?.sqr()?.mean(0)?.sqrt()?;
+            Ok((mean.to_vec1::<f64>()?, std.to_vec1::<f64>()?))
+        };
+        let z = gen_nn::kernels::gemm::serial(|| crate::quantizer::rows(&self.model.encode_latent(x)?))?;
+        let (mz, sz) = moments(&z)?;
+        let (mp, sp) = moments(&lc.project()?.detach())?;
+        let last = if self.ae.iter().any(|(n, _)| n == "codebook_projection.2.weight") {
+            "codebook_projection.2"
+        } else {
+            "codebook_projection"
+        };
+        let find = |name: String| {
+            self.ae
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, v)| v.clone())
+                .ok_or_else(|| Error::Invalid(format!("no trainable {name}")))
+        };
+        let (w, b) = (find(format!("{last}.weight"))?, find(format!("{last}.bias"))?);
+        let scale: Vec<f64> = sz.iter().zip(&sp).map(|(z, p)| if *p > 0.0 { z / p } else { 1.0 }).collect();
+        let shift: Vec<f64> = (0..scale.len()).map(|j| mz[j] - mp[j] * scale[j]).collect();
+        let dev = w.device().clone();
+        let s = Tensor::from_vec(scale.iter().map(|&v| v as f32).collect::<Vec<_>>(), (scale.len(), 1), &dev)?;
+        w.set(&w.as_tensor().broadcast_mul(&s)?)?;
+        let shift = Tensor::from_vec(shift.iter().map(|&v| v as f32).collect::<Vec<_>>(), scale.len(), &dev)?;
+        b.set(&((b.as_tensor() * s.flatten_all()?)? + shift)?)?;
+        Ok(())
+    }
+
+    /// Writes a checkpoint and refreshes the run's plots.
     pub fn checkpoint(&self) -> Result<PathBuf> {
-        self.run.save_checkpoint(&self.progress, &self.rng, &self.model_tensors()?, &self.optimizer_tensors()?)
+        let dir =
+            self.run.save_checkpoint(&self.progress, &self.rng, &self.model_tensors()?, &self.optimizer_tensors()?)?;
+        write_plots(self.run.root())?;
+        Ok(dir)
     }
 
     /// One training step on images `x` [B, 3, S, S] in [−1, 1]; the weights move only when every loss
@@ -448,21 +472,25 @@ impl TokenizerTrainer {
             let mut fields = serde_json::Map::new();
             if self.progress.epoch != epoch_before {
                 // an epoch ended: its utilisation
-                let (active, util, ppl) = usage_stats(&self.usage.epoch);
-                fields.insert("epoch_active_codes".into(), active.into());
-                fields.insert("epoch_utilization".into(), util.into());
-                fields.insert("epoch_perplexity".into(), ppl.into());
-                self.usage.epoch.iter_mut().for_each(|c| *c = 0);
+                let u = &mut self.usage.epoch;
+                fields.insert("epoch_active_codes".into(), u.active().into());
+                fields.insert("epoch_utilization".into(), u.utilization().into());
+                fields.insert("epoch_perplexity".into(), u.perplexity().into());
+                u.clear();
             }
             let x = data.batch(&ids, self.cfg.model.resolution, &self.dev)?;
+            if step == 0 && self.cfg.codebook.projector_init == config::ProjectorInit::LatentMoments {
+                self.match_projector_to_latents(&x)?;
+            }
             let (stats, codes) = self.step(&x, step)?;
             self.usage.add(&codes);
             let number = step + 1;
             self.progress.step = number;
             let log_every = self.cfg.train.log_every;
             if !fields.is_empty() || (log_every > 0 && number.is_multiple_of(log_every)) || number == steps {
-                let (active, util, ppl) = usage_stats(&self.usage.window);
-                self.usage.window.iter_mut().for_each(|c| *c = 0);
+                let u = &mut self.usage.window;
+                let (active, util, ppl) = (u.active(), u.utilization(), u.perplexity());
+                u.clear();
                 fields.insert("epoch".into(), self.progress.epoch.into());
                 fields.insert("lr".into(), lr.into());
                 fields.insert("loss".into(), stats.loss.into());
@@ -500,6 +528,31 @@ impl TokenizerTrainer {
         }
         Ok(TokenizerWeights { source: self.run.root().to_path_buf(), config: self.cfg.model.clone(), tensors })
     }
+}
+
+/// `loss.png` (the loss terms) and `utilization.png` (codes used per log window and per epoch, %) of a
+/// run folder, from its `log.jsonl`.
+pub fn write_plots(root: &Path) -> Result<()> {
+    use gen_runtime::plot::{line_chart, Series};
+    let log = root.join("log.jsonl");
+    let text = std::fs::read_to_string(&log).map_err(|e| Error::io(&log, e))?;
+    let lines: Vec<serde_json::Value> = text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    let series = |key: &str, scale: f64| Series {
+        name: key.to_string(),
+        points: lines.iter().filter_map(|l| Some((l.get("step")?.as_f64()?, l.get(key)?.as_f64()? * scale))).collect(),
+    };
+    let losses: Vec<Series> = ["rec_loss", "q_loss", "g_loss", "d_loss"]
+        .iter()
+        .map(|k| series(k, 1.0))
+        .filter(|s| !s.points.is_empty())
+        .collect();
+    line_chart(&root.join("loss.png"), "training losses", "step", "loss", &losses)?;
+    let util: Vec<Series> = [("window_utilization", 100.0), ("epoch_utilization", 100.0)]
+        .iter()
+        .map(|&(k, f)| series(k, f))
+        .filter(|s| !s.points.is_empty())
+        .collect();
+    line_chart(&root.join("utilization.png"), "codebook utilisation", "step", "codes used (%)", &util)
 }
 
 /// What phase 1 of a step leaves for the rest, per shard.
@@ -561,17 +614,4 @@ fn conv_weight_grad(head: &Tensor, w: &Tensor, g: &Tensor) -> Result<Tensor> {
     let y = gen_nn::kernels::conv2d(&head.detach(), wv.as_tensor(), None, 1, 1)?;
     let gw = (y * g.detach())?.sum_all()?.backward()?;
     gw.get(wv.as_tensor()).cloned().ok_or_else(|| Error::Invalid("conv_out weight has no gradient".into()))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn usage_of_counts() {
-        let (active, util, ppl) = usage_stats(&[5, 0, 5, 0]);
-        assert_eq!(active, 2);
-        assert!((util - 0.5).abs() < 1e-12);
-        assert!((ppl - 2.0).abs() < 1e-9, "two equally used codes: perplexity 2");
-    }
 }
