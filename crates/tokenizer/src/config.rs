@@ -120,6 +120,16 @@ impl VqConfig {
         self.resolution / self.factor()
     }
 
+    /// The same network working at `resolution`: the attention stays on the levels it was trained on
+    /// (its `attn_resolutions` scale with the size), so a 256² model encodes 512² images with attention
+    /// over a 32×32 grid instead of 16×16. Every layer is convolutional or attends over whatever grid
+    /// arrives; only the size of the images and the token grid change.
+    pub fn at_resolution(&self, resolution: usize) -> Self {
+        let attn_resolutions =
+            (0..self.num_levels()).filter(|&l| self.attn_at_level(l)).map(|l| resolution >> l).collect();
+        VqConfig { resolution, attn_resolutions, ..self.clone() }
+    }
+
     /// Whether level `l` (0 = full resolution) has attention: `curr_res in attn_resolutions`.
     pub fn attn_at_level(&self, l: usize) -> bool {
         self.attn_resolutions.contains(&(self.resolution >> l))

@@ -130,7 +130,7 @@ pub fn read_weights(path: &Path, codebook: Option<&Path>, resolution: Option<usi
     };
     let config = match resolution {
         Some(r) => {
-            let config = VqConfig { resolution: r, ..config };
+            let config = config.at_resolution(r);
             config.validate().map_err(|e| blame_resolution(e, resolution, &source))?;
             config
         }
