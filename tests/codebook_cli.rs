@@ -151,3 +151,69 @@ fn bad_inputs_are_one_line_errors() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn the_codebook_experiment_trains_evaluates_and_reports_every_run() {
+    if fmnist().is_none() {
+        return;
+    }
+    let dir = tmp("experiment");
+    let base = dir.join("base.toml");
+    let text =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/tokenizer/fmnist-experiment.toml"))
+            .unwrap()
+            .replace("steps = 1000", "steps = 3")
+            .replace("batch_size = 32", "batch_size = 4")
+            .replace("disc_start = 500", "disc_start = 1");
+    std::fs::write(&base, text).unwrap();
+    let out = dir.join("exp");
+    let args = [
+        "codebook-experiment",
+        "--quiet",
+        "--base",
+        s(&base),
+        "--sizes",
+        "40,80",
+        "--kinds",
+        "vqgan,lc",
+        "--eval-count",
+        "60",
+        "--codebook-images",
+        "300",
+        "--kmeans-points",
+        "500",
+        "--kmeans-iter",
+        "5",
+        "--out",
+        s(&out),
+    ];
+    let printed = ok(gen(&args));
+    assert!(printed.contains("| quantizer | codebook | utilisation"), "{printed}");
+    let rows: Vec<serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    let got: Vec<(String, u64)> =
+        rows.iter().map(|r| (r["kind"].as_str().unwrap().to_string(), r["size"].as_u64().unwrap())).collect();
+    assert_eq!(got, [("vqgan".into(), 40), ("lc".into(), 40), ("vqgan".into(), 80), ("lc".into(), 80)]);
+    for r in &rows {
+        let u = r["utilization"].as_f64().unwrap();
+        assert!(
+            (0.0..=1.0).contains(&u) && r["rfid"].as_f64().unwrap().is_finite() && r["psnr"].as_f64().unwrap() > 0.0,
+            "{r}"
+        );
+    }
+    for f in [
+        "results.md",
+        "utilization-vs-size.png",
+        "rfid-vs-size.png",
+        "utilization-over-training.png",
+        "codebook-80.safetensors",
+    ] {
+        assert!(out.join(f).exists(), "{f}");
+    }
+    // a second call reuses the trained runs (it trains nothing) and gives the same table
+    let table = |out: &str| out[out.find("| quantizer").unwrap()..].to_string();
+    let again = ok(gen(&args));
+    assert!(!again.contains("trained"), "{again}");
+    assert_eq!(table(&again), table(&printed));
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -43,6 +43,8 @@ enum Command {
     TrainTokenizer(train_tokenizer::TrainTokenizerArgs),
     /// Codebook utilisation of a tokenizer on a set of images (active codes, %, perplexity, histogram).
     Utilization(utilization::UtilizationArgs),
+    /// The paper's utilisation experiment on the demo domain: five quantizers × codebook sizes, one table.
+    CodebookExperiment(codebook_experiment::CodebookExperimentArgs),
 }
 
 /// Parses the process arguments and runs the subcommand; exits non-zero with a one-line error.
@@ -62,6 +64,7 @@ pub fn main() {
         Command::InitCodebook(a) => init_codebook::run(a),
         Command::TrainTokenizer(a) => train_tokenizer::run(a),
         Command::Utilization(a) => utilization::run(a),
+        Command::CodebookExperiment(a) => codebook_experiment::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {}", gen_runtime::one_line(e.as_ref()));

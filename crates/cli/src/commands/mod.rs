@@ -1,6 +1,7 @@
 //! One file per subcommand; each parses its arguments, calls the library and prints.
 
 pub mod bench;
+pub mod codebook_experiment;
 pub mod convert;
 mod datasets;
 pub mod decode;
