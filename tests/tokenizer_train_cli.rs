@@ -206,3 +206,19 @@ fn bad_inputs_are_one_line_errors() {
     assert_one_line_error(&o, &["codebook.file"]);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn every_shipped_training_config_is_valid() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/tokenizer");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let cfg =
+                gen_tokenizer::train::TrainConfig::load(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            assert!(cfg.train.steps > 0);
+            n += 1;
+        }
+    }
+    assert!(n >= 4, "f16, f8, the demo and the experiment configs");
+}

@@ -575,25 +575,11 @@ struct Shard {
 
 /// The shards' gradients of `vars`, summed in shard order.
 fn sum_grads(
-    mut stores: Vec<candle_core::backprop::GradStore>,
+    stores: Vec<candle_core::backprop::GradStore>,
     vars: &[(String, Var)],
 ) -> Result<candle_core::backprop::GradStore> {
-    let mut first = stores.remove(0);
-    for (_, v) in vars {
-        let mut acc = first.remove(v.as_tensor());
-        for s in &stores {
-            if let Some(g) = s.get(v.as_tensor()) {
-                acc = Some(match acc {
-                    Some(a) => (a + g)?,
-                    None => g.clone(),
-                });
-            }
-        }
-        if let Some(a) = acc {
-            first.insert(v.as_tensor(), a);
-        }
-    }
-    Ok(first)
+    let vars: Vec<Var> = vars.iter().map(|(_, v)| v.clone()).collect();
+    Ok(gen_nn::batch::sum_grad_stores(stores, &vars)?)
 }
 
 fn scalar(t: &Tensor) -> Result<f64> {

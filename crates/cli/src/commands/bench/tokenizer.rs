@@ -51,14 +51,19 @@ fn tok_roundtrip(c: &mut Ctx, b: usize) -> Result<Timed> {
     }))
 }
 
+/// One training step's forward and backward, as `gen train-tokenizer` runs it: the batch split into one
+/// shard per thread (`gen_nn::batch::par_batch_grads`), gradients summed.
 fn tok_train_step(c: &mut Ctx) -> Result<Timed> {
     let t = tokenizer(c)?;
     let x = rand(&mut Rng::new(1), &[4, 3, 128, 128], 0.5)?;
+    let vars: Vec<candle_core::Var> = t.2.iter().map(|(_, v)| v.clone()).collect();
     Ok(Box::new(move || {
-        let q = t.1.encode(&x)?;
-        let xrec = t.1.decode(&q.z_q)?;
-        let loss = (gen_nn::ops::l1_loss(&x, &xrec)? + (q.loss * 0.1)?)?;
-        let grads = loss.backward()?;
+        let train = &t.1; // the model is Sync; the Rc around it is not
+        let (_, grads) = gen_nn::batch::par_batch_grads(&x, &vars, |xs, share| {
+            let q = train.encode(xs)?;
+            let xrec = train.decode(&q.z_q)?;
+            (gen_nn::ops::l1_loss(xs, &xrec)? + (q.loss * 0.1)?)? * share
+        })?;
         if grads.get(t.2[0].1.as_tensor()).is_none() {
             bail!("train step: parameter {} got no gradient", t.2[0].0);
         }
