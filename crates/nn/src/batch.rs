@@ -95,12 +95,12 @@ mod tests {
     fn sharded_gradients_equal_the_whole_batch_gradient() {
         let x = Tensor::arange(0f32, 42.0, &Device::Cpu).unwrap().reshape((7, 6)).unwrap();
         let w = candle_core::Var::from_tensor(&Tensor::arange(0f32, 6.0, &Device::Cpu).unwrap()).unwrap();
-        let loss = |xs: &Tensor, share: f64| (xs.broadcast_mul(w.as_tensor())?.sqr()?.mean_all()? * share);
+        let loss = |xs: &Tensor, share: f64| xs.broadcast_mul(w.as_tensor())?.sqr()?.mean_all()? * share;
         let whole = loss(&x, 1.0).unwrap();
         let gw = whole.backward().unwrap().get(w.as_tensor()).unwrap().to_vec1::<f32>().unwrap();
         for threads in [1, 2, 3] {
             let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
-            let (l, g) = pool.install(|| par_batch_grads(&x, &[w.clone()], loss)).unwrap();
+            let (l, g) = pool.install(|| par_batch_grads(&x, std::slice::from_ref(&w), loss)).unwrap();
             let gs = g.get(w.as_tensor()).unwrap().to_vec1::<f32>().unwrap();
             assert!((l - whole.to_scalar::<f32>().unwrap() as f64).abs() < 1e-3 * l.abs());
             for (a, b) in gs.iter().zip(&gw) {
