@@ -217,3 +217,102 @@ fn the_codebook_experiment_trains_evaluates_and_reports_every_run() {
     assert_eq!(table(&again), table(&printed));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A tiny CLIP vision tower in Hugging Face's layout (width 64, 2 layers, patch 4, 16² images, 8-d out).
+fn tiny_clip(path: &Path) {
+    use candle_core::{Device, Tensor};
+    let mut rng = gen_runtime::Rng::new(0);
+    let mut t: Vec<(String, Tensor)> = Vec::new();
+    let mut put = |k: &str, shape: &[usize]| t.push((k.to_string(), rng.randn(shape, 0.1, &Device::Cpu).unwrap()));
+    put("vision_model.embeddings.patch_embedding.weight", &[64, 3, 4, 4]);
+    put("vision_model.embeddings.class_embedding", &[64]);
+    put("vision_model.embeddings.position_embedding.weight", &[17, 64]);
+    for n in ["pre_layrnorm", "post_layernorm"] {
+        put(&format!("vision_model.{n}.weight"), &[64]);
+        put(&format!("vision_model.{n}.bias"), &[64]);
+    }
+    for i in 0..2 {
+        let l = format!("vision_model.encoder.layers.{i}");
+        for p in ["q_proj", "k_proj", "v_proj", "out_proj"] {
+            put(&format!("{l}.self_attn.{p}.weight"), &[64, 64]);
+            put(&format!("{l}.self_attn.{p}.bias"), &[64]);
+        }
+        for n in ["layer_norm1", "layer_norm2"] {
+            put(&format!("{l}.{n}.weight"), &[64]);
+            put(&format!("{l}.{n}.bias"), &[64]);
+        }
+        put(&format!("{l}.mlp.fc1.weight"), &[256, 64]);
+        put(&format!("{l}.mlp.fc1.bias"), &[256]);
+        put(&format!("{l}.mlp.fc2.weight"), &[64, 256]);
+        put(&format!("{l}.mlp.fc2.bias"), &[64]);
+    }
+    put("visual_projection.weight", &[8, 64]);
+    gen_runtime::io::save_safetensors(path, &t, None).unwrap();
+}
+
+#[test]
+fn clip_features_give_a_per_class_codebook_from_image_folders() {
+    use gen_runtime::imageio::{save_png, RgbImage};
+    let dir = tmp("clip");
+    let clip = dir.join("clip.safetensors");
+    tiny_clip(&clip);
+    let data = dir.join("data");
+    for (c, class) in ["cat", "dog"].iter().enumerate() {
+        std::fs::create_dir_all(data.join(class)).unwrap();
+        for i in 0..6 {
+            let v = (40 * c + 10 * i) as u8;
+            let img: Vec<u8> = (0..20 * 24).flat_map(|p| [v, (p % 251) as u8, 255 - v]).collect();
+            save_png(&data.join(class).join(format!("{i}.png")), &RgbImage::new(24, 20, img)).unwrap();
+        }
+    }
+    let out = dir.join("cb.pth");
+    let printed = ok(gen(&[
+        "init-codebook",
+        "--quiet",
+        "--encoder",
+        "clip",
+        "--clip",
+        s(&clip),
+        "--data",
+        s(&data),
+        "--size",
+        "10",
+        "--pool",
+        "2",
+        "--out",
+        s(&out),
+    ]));
+    assert!(printed.contains("10 × 8 codebook"), "{printed}");
+    let cb = read_codebook(&out).unwrap();
+    assert_eq!(cb.dims(), [10, 8]);
+    // the default pool (4, the official) leaves one vector per image of this 4×4-token model: 6 per class
+    let o = gen(&[
+        "init-codebook",
+        "--encoder",
+        "clip",
+        "--clip",
+        s(&clip),
+        "--data",
+        s(&data),
+        "--size",
+        "14",
+        "--out",
+        s(&out),
+    ]);
+    assert_one_line_error(&o, &["cat: 6 feature vectors cannot give 7 centres"]);
+    let o = gen(&[
+        "init-codebook",
+        "--encoder",
+        "clip",
+        "--clip",
+        s(&dir.join("none.safetensors")),
+        "--data",
+        s(&data),
+        "--size",
+        "4",
+        "--out",
+        s(&out),
+    ]);
+    assert_one_line_error(&o, &["none.safetensors", "openai/clip-vit-large-patch14"]);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -136,17 +136,23 @@ fn pil_pass(plane: &[f32], rows: usize, cols: usize, taps: &[(usize, Vec<f64>)],
 /// 32-bit float PIL image in [0, 255], bicubic to 299×299 (horizontal pass first; a pass whose size does
 /// not change is skipped, as PIL does), clipped to [0, 255], not quantised. HWC [299, 299, 3].
 pub fn clean_resize(img: &RgbImage) -> Vec<f32> {
-    let (h, w, s) = (img.height, img.width, INCEPTION_SIZE);
-    let (xs, ys) = (pil_bicubic_axis(w, s), pil_bicubic_axis(h, s));
-    let mut out = vec![0f32; s * s * 3];
+    pil_bicubic_resize(img, INCEPTION_SIZE, INCEPTION_SIZE)
+}
+
+/// PIL's float bicubic resize (antialiased when downscaling) of each channel to `out_w × out_h`,
+/// clipped to [0, 255], not quantised: HWC floats.
+pub fn pil_bicubic_resize(img: &RgbImage, out_w: usize, out_h: usize) -> Vec<f32> {
+    let (h, w) = (img.height, img.width);
+    let (xs, ys) = (pil_bicubic_axis(w, out_w), pil_bicubic_axis(h, out_h));
+    let mut out = vec![0f32; out_w * out_h * 3];
     for c in 0..3 {
         let mut plane: Vec<f32> = (0..h * w).map(|i| f32::from(img.data[i * 3 + c])).collect();
         let mut cols = w;
-        if w != s {
+        if w != out_w {
             plane = pil_pass(&plane, h, w, &xs, true);
-            cols = s;
+            cols = out_w;
         }
-        if h != s {
+        if h != out_h {
             plane = pil_pass(&plane, h, cols, &ys, false);
         }
         for (i, v) in plane.iter().enumerate() {

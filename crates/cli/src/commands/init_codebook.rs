@@ -10,7 +10,9 @@ use clap::{Args, ValueEnum};
 use gen_data::fmnist::{FashionMnist, CLASS_NAMES, DEFAULT_DIR};
 use gen_eval::classifier::{batch, input, input_gray, load_classifier, Classifier};
 use gen_eval::features::list_images;
+use gen_runtime::imageio::RgbImage;
 use gen_runtime::{progress, Rng};
+use gen_tokenizer::codebook::clip::{clip_batch, load_clip_vision, ClipVision};
 use gen_tokenizer::codebook::{build, Group, KMeansConfig};
 
 use crate::args::{at_least_one, DeviceArgs};
@@ -19,6 +21,9 @@ use crate::args::{at_least_one, DeviceArgs};
 pub enum Encoder {
     /// The shipped Fashion-MNIST classifier's second-block map: 64-d vectors on a 7×7 grid (no download).
     FmnistClassifier,
+    /// CLIP's vision tower, the official recipe: ViT-L/14 at 224², patch tokens after ln_post and the
+    /// projection (768-d), class token dropped, 16×16 pooled 4×4 (user-supplied weights, `--clip`).
+    Clip,
 }
 
 #[derive(Args)]
@@ -29,6 +34,9 @@ pub struct InitCodebookArgs {
     /// The classifier model folder (`--encoder fmnist-classifier`).
     #[arg(long, default_value = "models/fmnist/classifier")]
     pub classifier: PathBuf,
+    /// CLIP weights (`--encoder clip`): openai/clip-vit-large-patch14's model.safetensors (Hugging Face).
+    #[arg(long, default_value = "clip-vit-large-patch14.safetensors")]
+    pub clip: PathBuf,
     /// `fmnist:train` / `fmnist:test`, or a folder of images (recursive; with `--per-class`, one
     /// subfolder per class, as torchvision's ImageFolder).
     #[arg(long)]
@@ -45,9 +53,10 @@ pub struct InitCodebookArgs {
     /// Cluster all features at once (for data without labels).
     #[arg(long)]
     pub global: bool,
-    /// Average-pool the feature map by this factor first (the official recipe pools CLIP's 16×16 by 4).
-    #[arg(long, default_value_t = 1, value_parser = at_least_one)]
-    pub pool: usize,
+    /// Average-pool the feature map by this factor first (default: 4 for CLIP's 16×16 tokens, the official
+    /// recipe; 1 for the classifier's 7×7 map).
+    #[arg(long, value_parser = at_least_one)]
+    pub pool: Option<usize>,
     /// Cluster at most this many feature vectors per group, drawn at random with the seed (default: all).
     #[arg(long, value_parser = at_least_one)]
     pub max_points: Option<usize>,
@@ -90,6 +99,23 @@ impl Images {
             }
             Images::Files(f) => f.truncate(n),
         }
+    }
+
+    /// Images `range` as RGB, and their groups.
+    fn rgb(&self, range: std::ops::Range<usize>) -> Result<(Vec<RgbImage>, Vec<usize>)> {
+        use rayon::prelude::*;
+        Ok(match self {
+            Images::Fmnist(ds) => {
+                (range.clone().map(|i| ds.rgb(i)).collect(), range.map(|i| usize::from(ds.labels[i])).collect())
+            }
+            Images::Files(files) => {
+                let x = files[range.clone()]
+                    .par_iter()
+                    .map(|(p, _)| Ok(gen_runtime::imageio::load_rgb(p)?.0))
+                    .collect::<Result<Vec<_>>>()?;
+                (x, files[range].iter().map(|(_, g)| *g).collect())
+            }
+        })
     }
 
     /// The classifier inputs and groups of images `range`.
@@ -155,9 +181,64 @@ fn open_data(spec: &str, global: bool) -> Result<(Images, Vec<String>)> {
     Ok((Images::Files(labelled), names))
 }
 
-/// The patch feature vectors of every image, per group: [n, 2·width] rows.
+/// The feature extractor of `--encoder`.
+enum Net {
+    Classifier(Classifier),
+    Clip(ClipVision),
+}
+
+impl Net {
+    fn dim(&self) -> usize {
+        match self {
+            Net::Classifier(c) => 2 * c.config.width,
+            Net::Clip(c) => c.config.output_dim,
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        match self {
+            Net::Classifier(_) => "fmnist-classifier",
+            Net::Clip(_) => "clip-vit",
+        }
+    }
+
+    /// Feature rows [n · cells, dim] of images `range` (image, y, x order) and their groups.
+    fn features(
+        &self,
+        images: &Images,
+        range: std::ops::Range<usize>,
+        pool: usize,
+        dev: &Device,
+    ) -> Result<(Vec<f32>, Vec<usize>, usize)> {
+        let (rows, labels, n) = match self {
+            Net::Classifier(model) => {
+                let (x, labels) = images.inputs(range)?;
+                let map = model.feature_map(&batch(&x, dev)?)?;
+                let map = if pool > 1 { map.avg_pool2d(pool)? } else { map };
+                let (n, _, h, w) = map.dims4()?;
+                if h == 0 || w == 0 {
+                    bail!("--pool {pool}: the 7×7 feature map has no cell left after pooling");
+                }
+                (map.permute((0, 2, 3, 1))?.contiguous()?.flatten_all()?.to_vec1::<f32>()?, labels, n)
+            }
+            Net::Clip(model) => {
+                let (imgs, labels) = images.rgb(range)?;
+                let x = clip_batch(&imgs, model.config.image_size, dev)?;
+                let grid = model.config.image_size / model.config.patch;
+                if pool > grid {
+                    bail!("--pool {pool}: CLIP's {grid}×{grid} token grid has no cell left after pooling");
+                }
+                let n = imgs.len();
+                (model.pooled_features(&x, pool)?.flatten_all()?.to_vec1::<f32>()?, labels, n)
+            }
+        };
+        Ok((rows, labels, n))
+    }
+}
+
+/// The patch feature vectors of every image, per group: [n, dim] rows.
 fn extract(
-    model: &Classifier,
+    net: &Net,
     images: &Images,
     groups: usize,
     pool: usize,
@@ -166,20 +247,15 @@ fn extract(
 ) -> Result<Vec<Vec<f32>>> {
     let mut out = vec![Vec::new(); groups];
     let bar = progress::bar(images.len() as u64, "features", a.run.quiet);
+    let d = net.dim();
     let mut start = 0;
     while start < images.len() {
         let end = (start + a.run.batch_size).min(images.len());
-        let (x, labels) = images.inputs(start..end)?;
-        let map = model.feature_map(&batch(&x, dev)?)?;
-        let map = if pool > 1 { map.avg_pool2d(pool)? } else { map };
-        let (n, c, h, w) = map.dims4()?;
-        if h == 0 || w == 0 {
-            bail!("--pool {pool}: the 7×7 feature map has no cell left after pooling");
-        }
-        let rows = map.permute((0, 2, 3, 1))?.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+        let (rows, labels, n) = net.features(images, start..end, pool, dev)?;
+        let per = rows.len() / (n.max(1) * d);
         for (i, &g) in labels.iter().enumerate().take(n) {
             let group = if groups == 1 { 0 } else { g };
-            out[group].extend_from_slice(&rows[i * h * w * c..(i + 1) * h * w * c]);
+            out[group].extend_from_slice(&rows[i * per * d..(i + 1) * per * d]);
         }
         bar.inc((end - start) as u64);
         start = end;
@@ -206,7 +282,11 @@ fn subsample(features: Vec<f32>, d: usize, max: usize, rng: &mut Rng) -> Vec<f32
 
 pub fn run(a: InitCodebookArgs) -> Result<()> {
     let (dev, _) = a.run.open()?;
-    let model = load_classifier(&a.classifier, &dev)?;
+    let net = match a.encoder {
+        Encoder::FmnistClassifier => Net::Classifier(load_classifier(&a.classifier, &dev)?),
+        Encoder::Clip => Net::Clip(load_clip_vision(&a.clip, &dev)?),
+    };
+    let pool = a.pool.unwrap_or(if a.encoder == Encoder::Clip { 4 } else { 1 });
     let (mut images, names) = open_data(&a.data, a.global)?;
     if let Some(n) = a.count {
         images.truncate(n);
@@ -215,9 +295,9 @@ pub fn run(a: InitCodebookArgs) -> Result<()> {
         bail!("--data {}: no images", a.data);
     }
     let names = if a.global { vec!["all".to_string()] } else { names };
-    let dim = 2 * model.config.width;
+    let dim = net.dim();
     let t0 = Instant::now();
-    let features = extract(&model, &images, names.len(), a.pool, &a, &dev)?;
+    let features = extract(&net, &images, names.len(), pool, &a, &dev)?;
     let extract_s = t0.elapsed().as_secs_f64();
     let mut rng = Rng::new(a.seed ^ 0x5eed);
     let groups: Vec<Group> = names
@@ -239,7 +319,7 @@ pub fn run(a: InitCodebookArgs) -> Result<()> {
     let t1 = Instant::now();
     let mut current = usize::MAX;
     let grouping = if a.global { "global" } else { "per-class" };
-    let codebook = build(&groups, dim, a.size, &cfg, "fmnist-classifier", grouping, |g, round| {
+    let codebook = build(&groups, dim, a.size, &cfg, net.name(), grouping, |g, round| {
         if g != current {
             if current != usize::MAX {
                 bar.inc(1);
