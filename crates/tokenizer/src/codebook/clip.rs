@@ -16,8 +16,10 @@ use gen_nn::attention::attend_heads;
 use gen_nn::{LayerNorm, Linear};
 use gen_runtime::imageio::RgbImage;
 
-/// CLIP's normalisation (`clip._transform`).
+/// CLIP's normalisation (`clip._transform`), the constants as published.
+#[allow(clippy::excessive_precision)]
 const MEAN: [f32; 3] = [0.48145466, 0.4578275, 0.40821073];
+#[allow(clippy::excessive_precision)]
 const STD: [f32; 3] = [0.26862954, 0.26130258, 0.27577711];
 
 /// The architecture, read off the weights.
