@@ -417,6 +417,26 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_checkpoint_write_leaves_the_previous_one_intact() {
+        let root = temp_root("failwrite");
+        let cfg = Cfg { lr: 0.1, name: "a".into() };
+        let run = RunDir::create(&root, &cfg).unwrap();
+        let t = vec![("w".to_string(), Tensor::new(&[1f32, 2.0], &Device::Cpu).unwrap())];
+        run.save_checkpoint(&Progress { step: 3, ..Default::default() }, &Rng::new(0), &t, &[]).unwrap();
+        // the next write cannot make its temp folder (as on a full disk): a file sits where it would go
+        let blocker = root.join(CHECKPOINTS).join(format!(".step-00000006.tmp-{}", std::process::id()));
+        std::fs::write(&blocker, b"").unwrap();
+        let e = run.save_checkpoint(&Progress { step: 6, ..Default::default() }, &Rng::new(0), &t, &[]).unwrap_err();
+        assert!(e.to_string().contains(".step-00000006.tmp"), "{e}");
+        let latest = run.latest().unwrap().unwrap();
+        assert_eq!(name_of(&latest), "step-00000003");
+        let ckpt = run.load_checkpoint(&latest, &Device::Cpu).unwrap();
+        assert_eq!(ckpt.progress.step, 3);
+        assert_eq!(ckpt.model["w"].to_vec1::<f32>().unwrap(), [1.0, 2.0]);
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
     fn a_config_that_is_not_a_table_is_a_one_line_error() {
         let e = RunDir::create(temp_root("nottable"), &3u32).unwrap_err().to_string();
         assert!(e.starts_with("config cannot be written as TOML") && !e.contains('\n'), "{e}");
