@@ -115,6 +115,31 @@ fn rfid_table_agrees_with_fid_reconstruct_and_the_metric_functions() {
     let lpips: f64 = row(&table, "LPIPS").parse().unwrap();
     assert!(lpips > 0.0 && lpips.is_finite(), "{lpips}");
     assert!(row(&table, "images").starts_with("10 at 64"));
+    // rFID in the Fashion-MNIST classifier's space equals `gen fid --features fmnist-classifier` on the
+    // same inputs and reconstructions
+    let table = ok(gen(&[
+        "rfid",
+        "--quiet",
+        "--tokenizer",
+        s(&ckpt),
+        "--data",
+        s(&dir.join("in")),
+        "--features",
+        "fmnist-classifier",
+        "--batch-size",
+        "4",
+    ]));
+    let fid_out = ok(gen(&[
+        "fid",
+        "--quiet",
+        s(&dir.join("in")),
+        s(&dir.join("rec")),
+        "--features",
+        "fmnist-classifier",
+        "--digits",
+        "4",
+    ]));
+    assert_eq!(row(&table, "rFID (fmnist-classifier 128-d)"), fid_out.split_whitespace().nth(1).unwrap(), "{fid_out}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

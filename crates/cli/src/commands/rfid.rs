@@ -17,7 +17,7 @@ use gen_runtime::imageio::{self, RgbImage};
 use gen_runtime::progress;
 
 use super::datasets::Data;
-use super::fid::Mode;
+use super::fid::{Features, Mode};
 use super::tokenizer_args::TokenizerArgs;
 
 #[derive(Args)]
@@ -33,6 +33,13 @@ pub struct RfidArgs {
     /// FID protocol for rFID (VQGAN-LC reports clean-fid's "clean").
     #[arg(long, value_enum, default_value_t = Mode::Clean)]
     pub mode: Mode,
+    /// The rFID's feature space: the FID Inception, or the shipped Fashion-MNIST classifier's 128-d
+    /// penultimate layer (the demo domain; no download).
+    #[arg(long, value_enum, default_value_t = Features::Inception)]
+    pub features: Features,
+    /// The classifier model folder (`--features fmnist-classifier`).
+    #[arg(long, default_value = "models/fmnist/classifier")]
+    pub classifier: PathBuf,
     /// The FID Inception weights (pytorch-fid's pt_inception-2015-12-05-6726825d.pth or a safetensors copy).
     #[arg(long, default_value = INCEPTION_FILE)]
     pub inception: PathBuf,
@@ -42,6 +49,12 @@ pub struct RfidArgs {
     /// LPIPS v0.1 linear layers (`vgg.pth` of the lpips package, or VQGAN-LC's `models/vgg.pth`).
     #[arg(long, requires = "lpips_vgg")]
     pub lpips_lin: Option<PathBuf>,
+}
+
+/// The rFID's feature network.
+enum Net {
+    Inception(Box<gen_eval::FidInception>),
+    Classifier(gen_eval::classifier::Classifier),
 }
 
 /// Running sums of the per-image metrics.
@@ -64,15 +77,22 @@ pub fn run(a: RfidArgs) -> Result<()> {
     let (model, dev, dtype) = a.model.open()?;
     let size = model.config.resolution;
     let vocab = model.quantizer.codebook_size()?;
-    let inception = load_inception(&a.inception, &dev)?;
+    let net = match a.features {
+        Features::Inception => Net::Inception(Box::new(load_inception(&a.inception, &dev)?)),
+        Features::FmnistClassifier => Net::Classifier(gen_eval::classifier::load_classifier(&a.classifier, &dev)?),
+    };
+    let dims = match &net {
+        Net::Inception(_) => 2048,
+        Net::Classifier(c) => c.config.features,
+    };
     let lpips = match (&a.lpips_vgg, &a.lpips_lin) {
         (Some(vgg), Some(lin)) => Some(load_lpips(vgg, lin, &dev)?),
         _ => None,
     };
     let (quiet, batch) = (a.model.run.quiet, a.model.run.batch_size);
     let protocol = a.mode.protocol();
-    let mut real = gen_eval::StatsAccumulator::new(2048);
-    let mut fake = gen_eval::StatsAccumulator::new(2048);
+    let mut real = gen_eval::StatsAccumulator::new(dims);
+    let mut fake = gen_eval::StatsAccumulator::new(dims);
     let (mut used, mut sums) = (HashSet::new(), Sums::default());
     let pb = progress::bar(n as u64, "rfid", quiet);
     let mut start = 0;
@@ -101,21 +121,30 @@ pub fn run(a: RfidArgs) -> Result<()> {
             sums.lpips += d.flatten_all()?.to_vec1::<f32>()?.iter().map(|&v| f64::from(v)).sum::<f64>();
         }
         for (acc, images) in [(&mut real, &inputs), (&mut fake, &recons)] {
-            extract(&inception, &ImageSource::Memory(images), protocol, Tap::Dims2048, batch, &dev, |f, _| acc.add(f))?;
+            let source = ImageSource::Memory(images);
+            match &net {
+                Net::Inception(m) => extract(m, &source, protocol, Tap::Dims2048, batch, &dev, |f, _| acc.add(f))?,
+                Net::Classifier(c) => {
+                    gen_eval::features::extract_classifier(c, &source, batch, &dev, |f, _| acc.add(f))?
+                }
+            }
         }
         pb.set_position(end as u64);
         start = end;
     }
     pb.finish_and_clear();
     let (gr, gf) = (real.finish().context("statistics")?, fake.finish().context("statistics")?);
-    if n <= 2048 && !quiet {
-        eprintln!("warning: {n} images for 2048 dimensions: the covariances are singular; rFID is computed anyway");
+    if n <= dims && !quiet {
+        eprintln!("warning: {n} images for {dims} dimensions: the covariances are singular; rFID is computed anyway");
     }
     let rfid = frechet_distance(&gr, &gf, FrechetOptions::default())?;
     let k = sums.n as f64;
     println!("| metric | value |");
     println!("|---|---|");
-    println!("| rFID ({}, inception 2048-d) | {rfid:.4} |", protocol.name());
+    match &net {
+        Net::Inception(_) => println!("| rFID ({}, inception 2048-d) | {rfid:.4} |", protocol.name()),
+        Net::Classifier(_) => println!("| rFID (fmnist-classifier {dims}-d) | {rfid:.4} |"),
+    }
     println!("| PSNR RGB / Y (dB) | {:.4} / {:.4} |", sums.psnr / k, sums.psnr_y / k);
     println!("| SSIM RGB / Y | {:.4} / {:.4} |", sums.ssim / k, sums.ssim_y / k);
     match lpips {
