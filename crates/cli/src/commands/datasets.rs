@@ -3,9 +3,21 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Result};
+use clap::Args;
 use gen_data::fmnist::{FashionMnist, DEFAULT_DIR};
 use gen_eval::features::list_images;
 use gen_runtime::imageio::{self, RgbImage};
+
+/// `--data` and `--count`.
+#[derive(Args)]
+pub struct DataArgs {
+    /// The images: a folder (recursive; PNG and JPEG), or `fmnist:test` / `fmnist:train` (Fashion-MNIST).
+    #[arg(long)]
+    pub data: String,
+    /// Use only the first N images.
+    #[arg(long)]
+    pub count: Option<usize>,
+}
 
 /// Images loaded lazily, one at a time: a folder's files or a Fashion-MNIST split (its first `count`).
 pub(crate) enum Data {

@@ -3,7 +3,7 @@
 pub mod bench;
 pub mod codebook_experiment;
 pub mod convert;
-mod datasets;
+pub mod datasets;
 pub mod decode;
 pub mod encode;
 pub mod eval_classes;

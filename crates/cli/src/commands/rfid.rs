@@ -16,7 +16,7 @@ use gen_nn::Weights;
 use gen_runtime::imageio::{self, RgbImage};
 use gen_runtime::progress;
 
-use super::datasets::Data;
+use super::datasets::{Data, DataArgs};
 use super::fid::{Features, Mode};
 use super::tokenizer_args::TokenizerArgs;
 
@@ -24,12 +24,8 @@ use super::tokenizer_args::TokenizerArgs;
 pub struct RfidArgs {
     #[command(flatten)]
     pub model: TokenizerArgs,
-    /// The images: a folder (recursive; PNG and JPEG), or `fmnist:test` / `fmnist:train` (Fashion-MNIST).
-    #[arg(long)]
-    pub data: String,
-    /// Use only the first N images.
-    #[arg(long)]
-    pub count: Option<usize>,
+    #[command(flatten)]
+    pub images: DataArgs,
     /// FID protocol for rFID (VQGAN-LC reports clean-fid's "clean").
     #[arg(long, value_enum, default_value_t = Mode::Clean)]
     pub mode: Mode,
@@ -69,10 +65,10 @@ struct Sums {
 }
 
 pub fn run(a: RfidArgs) -> Result<()> {
-    let data = Data::open(&a.data, a.count, a.model.run.quiet)?;
+    let data = Data::open(&a.images.data, a.images.count, a.model.run.quiet)?;
     let n = data.len();
     if n < 2 {
-        bail!("--data {}: {n} image; rFID needs at least 2", a.data);
+        bail!("--data {}: {n} image; rFID needs at least 2", a.images.data);
     }
     let (model, dev, dtype) = a.model.open()?;
     let size = model.config.resolution;

@@ -10,19 +10,15 @@ use gen_runtime::imageio;
 use gen_runtime::{plot, progress};
 use gen_tokenizer::usage::CodeUsage;
 
-use super::datasets::Data;
+use super::datasets::{Data, DataArgs};
 use super::tokenizer_args::TokenizerArgs;
 
 #[derive(Args)]
 pub struct UtilizationArgs {
     #[command(flatten)]
     pub model: TokenizerArgs,
-    /// The images: a folder (recursive; PNG and JPEG), or `fmnist:test` / `fmnist:train`.
-    #[arg(long)]
-    pub data: String,
-    /// Use only the first N images.
-    #[arg(long)]
-    pub count: Option<usize>,
+    #[command(flatten)]
+    pub images: DataArgs,
     /// The usage histogram (codes sorted from the most used down).
     #[arg(long, default_value = "usage-histogram.png")]
     pub histogram: PathBuf,
@@ -30,10 +26,10 @@ pub struct UtilizationArgs {
 
 pub fn run(a: UtilizationArgs) -> Result<()> {
     let quiet = a.model.run.quiet;
-    let data = Data::open(&a.data, a.count, quiet)?;
+    let data = Data::open(&a.images.data, a.images.count, quiet)?;
     let n = data.len();
     if n == 0 {
-        bail!("--data {}: no images", a.data);
+        bail!("--data {}: no images", a.images.data);
     }
     let (model, dev, dtype) = a.model.open()?;
     let size = model.config.resolution;
