@@ -46,10 +46,22 @@ fn font() -> bool {
     })
 }
 
-/// One named line of a chart.
+/// One named line of a chart; with `markers` each point is also drawn as a dot (sparse series such as
+/// one value per epoch, or a single point, stay visible).
 pub struct Series {
     pub name: String,
     pub points: Vec<(f64, f64)>,
+    pub markers: bool,
+}
+
+impl Series {
+    pub fn line(name: impl Into<String>, points: Vec<(f64, f64)>) -> Self {
+        Series { name: name.into(), points, markers: false }
+    }
+
+    pub fn with_markers(name: impl Into<String>, points: Vec<(f64, f64)>) -> Self {
+        Series { name: name.into(), points, markers: true }
+    }
 }
 
 fn err(path: &Path, e: impl std::fmt::Display) -> Error {
@@ -159,8 +171,8 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("gen-plot-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let s = vec![
-            Series { name: "a".into(), points: (0..50).map(|i| (i as f64, (i as f64 / 7.0).sin())).collect() },
-            Series { name: "b".into(), points: vec![(0.0, 0.5), (49.0, -0.5)] },
+            Series::line("a", (0..50).map(|i| (i as f64, (i as f64 / 7.0).sin())).collect()),
+            Series::with_markers("b", vec![(0.0, 0.5), (49.0, -0.5)]),
         ];
         let line = dir.join("line.png");
         line_chart(&line, "test", "step", "value", &s).unwrap();

@@ -281,9 +281,11 @@ fn report(a: &CodebookExperimentArgs, rows: &[Row]) -> Result<()> {
     let by_kind = |f: &dyn Fn(&Row) -> f64| -> Vec<Series> {
         a.kinds
             .iter()
-            .map(|k| Series {
-                name: k.clone(),
-                points: rows.iter().filter(|r| &r.kind == k).map(|r| ((r.size as f64).log10(), f(r))).collect(),
+            .map(|k| {
+                Series::with_markers(
+                    k.clone(),
+                    rows.iter().filter(|r| &r.kind == k).map(|r| ((r.size as f64).log10(), f(r))).collect(),
+                )
             })
             .collect()
     };
@@ -305,7 +307,7 @@ fn report(a: &CodebookExperimentArgs, rows: &[Row]) -> Result<()> {
         let curves: Vec<Series> = a
             .kinds
             .iter()
-            .map(|k| Series { name: k.clone(), points: utilization_curve(&a.out.join(format!("{k}-{largest}"))) })
+            .map(|k| Series::line(k.clone(), utilization_curve(&a.out.join(format!("{k}-{largest}")))))
             .collect();
         line_chart(
             &a.out.join("utilization-over-training.png"),

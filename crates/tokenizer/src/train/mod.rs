@@ -71,6 +71,8 @@ pub struct TokenizerTrainer {
     rng: Rng,
     usage: Usage,
     order: Option<(u64, Vec<usize>)>,
+    /// The last finished epoch's utilisation, for the next log line.
+    epoch_fields: serde_json::Map<String, serde_json::Value>,
     dev: Device,
 }
 
@@ -141,6 +143,7 @@ impl TokenizerTrainer {
             rng: Rng::new(seed ^ 0x7EA1),
             usage: Usage::new(n_codes),
             order: None,
+            epoch_fields: serde_json::Map::new(),
             dev: dev.clone(),
         };
         if let Some(c) = ckpt {
@@ -269,13 +272,12 @@ impl TokenizerTrainer {
                 let Progress { epoch, cursor, .. } = &mut self.progress;
                 next_batch(data.len(), batch, self.cfg.train.seed, epoch, cursor, &mut self.order)?
             };
-            let mut fields = serde_json::Map::new();
             if self.progress.epoch != epoch_before {
-                // an epoch ended: its utilisation
+                // an epoch ended: its utilisation rides on the next log line
                 let u = &mut self.usage.epoch;
-                fields.insert("epoch_active_codes".into(), u.active().into());
-                fields.insert("epoch_utilization".into(), u.utilization().into());
-                fields.insert("epoch_perplexity".into(), u.perplexity().into());
+                self.epoch_fields.insert("epoch_active_codes".into(), u.active().into());
+                self.epoch_fields.insert("epoch_utilization".into(), u.utilization().into());
+                self.epoch_fields.insert("epoch_perplexity".into(), u.perplexity().into());
                 u.clear();
             }
             let x = data.batch(&ids, self.cfg.model.resolution, &self.dev)?;
@@ -287,7 +289,8 @@ impl TokenizerTrainer {
             let number = step + 1;
             self.progress.step = number;
             let log_every = self.cfg.train.log_every;
-            if !fields.is_empty() || (log_every > 0 && number.is_multiple_of(log_every)) || number == steps {
+            if (log_every > 0 && number.is_multiple_of(log_every)) || number == steps {
+                let mut fields = std::mem::take(&mut self.epoch_fields);
                 let u = &mut self.usage.window;
                 let (active, util, ppl) = (u.active(), u.utilization(), u.perplexity());
                 u.clear();

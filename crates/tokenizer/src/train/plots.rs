@@ -14,6 +14,7 @@ pub fn write_plots(root: &Path) -> Result<()> {
     let series = |key: &str, scale: f64| Series {
         name: key.to_string(),
         points: lines.iter().filter_map(|l| Some((l.get("step")?.as_f64()?, l.get(key)?.as_f64()? * scale))).collect(),
+        markers: key.starts_with("epoch"),
     };
     let losses: Vec<Series> = ["rec_loss", "q_loss", "g_loss", "d_loss"]
         .iter()
