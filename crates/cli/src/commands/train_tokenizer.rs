@@ -93,6 +93,7 @@ pub fn run(a: TrainTokenizerArgs) -> Result<()> {
         bar.set_message(last.clone());
     })?;
     bar.finish_and_clear();
+    gen_tokenizer::train::write_plots(&a.out)?;
     let secs = t0.elapsed().as_secs_f64();
     if trainer.progress.step < steps {
         println!(
