@@ -23,17 +23,6 @@ fn shipped() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("models/fmnist/classifier")
 }
 
-/// The installed Fashion-MNIST, or None (skip); with GEN_REQUIRE_GOLDEN=1 its absence fails.
-fn fmnist() -> Option<PathBuf> {
-    let p = PathBuf::from(DEFAULT_DIR);
-    if p.exists() {
-        return Some(p);
-    }
-    assert!(std::env::var("GEN_REQUIRE_GOLDEN").ok().as_deref() != Some("1"), "{} missing", p.display());
-    eprintln!("SKIPPED: {} not installed", p.display());
-    None
-}
-
 fn tmp(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("gen-classifier-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
@@ -43,7 +32,10 @@ fn tmp(name: &str) -> PathBuf {
 
 #[test]
 fn shipped_classifier_reaches_92_percent_mean_class_accuracy_on_the_test_split() {
-    let Some(data) = fmnist() else { return };
+    if !gen_tests::fmnist_installed() {
+        return;
+    }
+    let data = std::path::PathBuf::from(DEFAULT_DIR);
     let model = load_classifier(&shipped(), &Device::Cpu).unwrap();
     let test = FashionMnist::load(&data, "t10k").unwrap();
     let per_class = evaluate(&model, &test, 500).unwrap();
@@ -60,7 +52,10 @@ fn shipped_classifier_reaches_92_percent_mean_class_accuracy_on_the_test_split()
 
 #[test]
 fn classifier_training_resumes_bit_exactly() {
-    let Some(data) = fmnist() else { return };
+    if !gen_tests::fmnist_installed() {
+        return;
+    }
+    let data = std::path::PathBuf::from(DEFAULT_DIR);
     let dir = tmp("resume");
     let d = data.to_str().unwrap();
     let common = |run: &str, out: &str, steps: &str| -> Vec<String> {
@@ -111,7 +106,7 @@ fn classifier_training_resumes_bit_exactly() {
 
 #[test]
 fn fid_in_the_classifier_space_and_per_class_accuracy_of_labelled_images() {
-    if fmnist().is_none() {
+    if !gen_tests::fmnist_installed() {
         return;
     }
     let dir = tmp("fid");

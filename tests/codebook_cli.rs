@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use gen_data::fmnist::{CLASS_NAMES, DEFAULT_DIR};
+use gen_data::fmnist::CLASS_NAMES;
 use gen_tests::assert_one_line_error;
 use gen_tokenizer::codebook::Codebook;
 use gen_tokenizer::load::read_codebook;
@@ -16,16 +16,6 @@ fn gen(args: &[&str]) -> Output {
 fn ok(o: Output) -> String {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-/// The installed Fashion-MNIST, or None (skip); with GEN_REQUIRE_GOLDEN=1 its absence fails.
-fn fmnist() -> Option<()> {
-    if Path::new(DEFAULT_DIR).exists() {
-        return Some(());
-    }
-    assert!(std::env::var("GEN_REQUIRE_GOLDEN").ok().as_deref() != Some("1"), "{DEFAULT_DIR} missing");
-    eprintln!("SKIPPED: {DEFAULT_DIR} not installed");
-    None
 }
 
 fn tmp(name: &str) -> PathBuf {
@@ -41,7 +31,7 @@ fn s(p: &Path) -> &str {
 
 #[test]
 fn per_class_codebook_from_fmnist_is_reproducible_and_readable_in_both_formats() {
-    if fmnist().is_none() {
+    if !gen_tests::fmnist_installed() {
         return;
     }
     let dir = tmp("fmnist");
@@ -87,7 +77,7 @@ fn per_class_codebook_from_fmnist_is_reproducible_and_readable_in_both_formats()
 
 #[test]
 fn image_folders_cluster_per_subfolder_in_sorted_order_or_globally() {
-    if fmnist().is_none() {
+    if !gen_tests::fmnist_installed() {
         return;
     }
     let dir = tmp("folders");
@@ -134,7 +124,7 @@ fn bad_inputs_are_one_line_errors() {
     // the per-class and global flags together
     let o = gen(&["init-codebook", "--data", s(&empty), "--size", "4", "--global", "--per-class", "--out", s(&out)]);
     assert!(!o.status.success());
-    if fmnist().is_some() {
+    if gen_tests::fmnist_installed() {
         // images directly in the root cannot be grouped by class
         let loose = dir.join("loose");
         ok(gen(&["export-fmnist", "--count", "3", "--out", s(&loose)]));
@@ -154,7 +144,7 @@ fn bad_inputs_are_one_line_errors() {
 
 #[test]
 fn the_codebook_experiment_trains_evaluates_and_reports_every_run() {
-    if fmnist().is_none() {
+    if !gen_tests::fmnist_installed() {
         return;
     }
     let dir = tmp("experiment");

@@ -5,8 +5,6 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use gen_data::fmnist::DEFAULT_DIR;
-
 fn gen(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_gen")).args(args).current_dir(env!("CARGO_MANIFEST_DIR")).output().unwrap()
 }
@@ -18,16 +16,6 @@ fn ok(o: Output) -> String {
 
 fn shipped() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("models/fmnist/tokenizer")
-}
-
-/// The installed Fashion-MNIST, or None (skip); with GEN_REQUIRE_GOLDEN=1 its absence fails.
-fn fmnist() -> Option<()> {
-    if Path::new(DEFAULT_DIR).exists() {
-        return Some(());
-    }
-    assert!(std::env::var("GEN_REQUIRE_GOLDEN").ok().as_deref() != Some("1"), "{DEFAULT_DIR} missing");
-    eprintln!("SKIPPED: {DEFAULT_DIR} not installed");
-    None
 }
 
 #[test]
@@ -43,7 +31,7 @@ fn the_shipped_folder_is_intact_and_self_contained() {
 
 #[test]
 fn the_shipped_tokenizer_uses_its_codebook_on_the_test_split() {
-    if fmnist().is_none() {
+    if !gen_tests::fmnist_installed() {
         return;
     }
     let hist = std::env::temp_dir().join(format!("gen-demo-usage-{}.png", std::process::id()));
@@ -67,7 +55,7 @@ fn the_shipped_tokenizer_uses_its_codebook_on_the_test_split() {
 
 #[test]
 fn the_shipped_tokenizer_reconstructs_test_images() {
-    if fmnist().is_none() {
+    if !gen_tests::fmnist_installed() {
         return;
     }
     let out = ok(gen(&[

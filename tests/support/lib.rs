@@ -203,3 +203,15 @@ pub fn assert_one_line_error(o: &std::process::Output, needles: &[&str]) {
         assert!(lines[0].contains(n), "error line lacks '{n}': {}", lines[0]);
     }
 }
+
+/// Whether Fashion-MNIST is installed (Debian's `dataset-fashion-mnist`); a test that needs it returns
+/// early when it is not, and with GEN_REQUIRE_GOLDEN=1 its absence fails instead.
+pub fn fmnist_installed() -> bool {
+    let dir = Path::new(gen_data::fmnist::DEFAULT_DIR);
+    if dir.exists() {
+        return true;
+    }
+    assert!(std::env::var("GEN_REQUIRE_GOLDEN").ok().as_deref() != Some("1"), "{} missing", dir.display());
+    eprintln!("SKIPPED: {} not installed", dir.display());
+    false
+}
