@@ -96,7 +96,7 @@ impl GptConfig {
         if self.n_layer == 0 || self.n_embd == 0 {
             return bad("n_layer", "n_layer and n_embd must be at least 1".into());
         }
-        if self.n_head == 0 || self.n_embd % self.n_head != 0 {
+        if self.n_head == 0 || !self.n_embd.is_multiple_of(self.n_head) {
             return bad("n_head", format!("{} heads do not divide the width {}", self.n_head, self.n_embd));
         }
         Ok(())

@@ -34,7 +34,7 @@ impl Corruption {
 /// The network's input: `cat(class_tokens, tokens)[:, :-1]`, [B, T] U32. `tokens` holds B rows of T.
 pub fn shifted_inputs(class_tokens: &[u32], tokens: &[u32], dev: &Device) -> Result<Tensor> {
     let b = class_tokens.len();
-    if b == 0 || tokens.len() % b != 0 {
+    if b == 0 || !tokens.len().is_multiple_of(b) {
         candle_core::bail!("gpt inputs: {} tokens do not split into {b} sequences", tokens.len());
     }
     let t = tokens.len() / b;
