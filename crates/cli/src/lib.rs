@@ -21,6 +21,10 @@ enum Command {
     Reconstruct(reconstruct::ReconstructArgs),
     /// Turn images into token ids (safetensors `tokens U32 [N, h·w]`).
     Encode(encode::EncodeArgs),
+    /// Images → token (or latent) shards for training the generators; resumable, `--part i/n`.
+    Tokenize(tokenize::TokenizeArgs),
+    /// Shard folders: `merge` joins the part manifests of a `--part i/n` tokenize job.
+    Shards(tokenize::ShardsArgs),
     /// Turn token ids back into images.
     Decode(decode::DecodeArgs),
     /// Convert an official VQGAN-LC `.pth` (+ codebook) into a model folder.
@@ -41,6 +45,8 @@ enum Command {
     InitCodebook(init_codebook::InitCodebookArgs),
     /// Train a tokenizer (VQGAN-LC, VQGAN, EMA, FC or SimVQ) with the official recipe.
     TrainTokenizer(train_tokenizer::TrainTokenizerArgs),
+    /// Train the GPT prior on token shards (official GPT-LC recipe; class dropout for CFG).
+    TrainPrior(train_prior::TrainPriorArgs),
     /// Codebook utilisation of a tokenizer on a set of images (active codes, %, perplexity, histogram).
     Utilization(utilization::UtilizationArgs),
     /// The paper's utilisation experiment on the demo domain: five quantizers × codebook sizes, one table.
@@ -53,6 +59,8 @@ pub fn main() {
     let result = match cli.command {
         Command::Reconstruct(a) => reconstruct::run(a),
         Command::Encode(a) => encode::run(a),
+        Command::Tokenize(a) => tokenize::run(a),
+        Command::Shards(a) => tokenize::run_shards(a),
         Command::Decode(a) => decode::run(a),
         Command::Convert(a) => convert::run(a),
         Command::Bench(a) => bench::run(a),
@@ -63,6 +71,7 @@ pub fn main() {
         Command::EvalClasses(a) => eval_classes::run(a),
         Command::InitCodebook(a) => init_codebook::run(a),
         Command::TrainTokenizer(a) => train_tokenizer::run(a),
+        Command::TrainPrior(a) => train_prior::run(a),
         Command::Utilization(a) => utilization::run(a),
         Command::CodebookExperiment(a) => codebook_experiment::run(a),
     };

@@ -82,12 +82,7 @@ fn init(cfg: &ClassifierConfig, rng: &mut Rng) -> Result<HashMap<String, Tensor>
 /// The order of epoch `epoch`'s training images: a shuffle seeded by (seed, epoch), so a resumed run
 /// draws the same batches.
 fn permutation(n: usize, seed: u64, epoch: u64) -> Vec<usize> {
-    let mut rng = Rng::new(seed ^ epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15));
-    let mut p: Vec<usize> = (0..n).collect();
-    for i in (1..n).rev() {
-        p.swap(i, rng.below(i as u64 + 1) as usize);
-    }
-    p
+    gen_train::order::shuffled(n, gen_train::order::epoch_seed(seed, epoch, 0))
 }
 
 /// Trains in `run_dir` (resuming its latest checkpoint when `resume`), and returns the trained model's
@@ -151,7 +146,11 @@ pub fn train(run_dir: &Path, data_dir: &Path, cfg: &TrainConfig, resume: bool) -
             *ctx.cursor = 0;
             *ctx.epoch += 1;
         }
-        Ok(StepOutput { loss, metrics: vec![("batch_accuracy".into(), f64::from(correct) / idx.len() as f64)] })
+        Ok(StepOutput {
+            loss,
+            metrics: vec![("batch_accuracy".into(), f64::from(correct) / idx.len() as f64)],
+            grads: None,
+        })
     })?;
     Ok(vars.iter().map(|(k, v)| (k.clone(), v.as_tensor().clone())).collect())
 }

@@ -25,6 +25,9 @@ pub struct GptConfig {
     /// The output head reads the token embedding's rows (no `head.weight`); the official head is untied.
     #[serde(default)]
     pub tied_head: bool,
+    /// The classes' names in id order (empty: unknown; an official file's 1,000 are ImageNet's).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub class_names: Vec<String>,
 }
 
 /// The sizes `gen` knows by name: (name, n_layer, n_head, n_embd).
@@ -47,6 +50,7 @@ impl GptConfig {
             n_embd: 1024,
             null_class: false,
             tied_head: false,
+            class_names: Vec::new(),
         }
     }
 
@@ -72,13 +76,38 @@ impl GptConfig {
         self.n_embd / self.n_head.max(1)
     }
 
-    /// Trainable parameters (the `attn.mask` buffers are not parameters).
+    /// Every parameter's official name and shape, in the official registration order (the `attn.mask`
+    /// buffers are not parameters).
+    pub fn tensor_shapes(&self) -> Vec<(String, Vec<usize>)> {
+        let (v, c) = (self.vocab(), self.n_embd);
+        let mut out =
+            vec![("tok_emb.weight".to_string(), vec![v, c]), ("pos_emb".to_string(), vec![1, self.block_size, c])];
+        for i in 0..self.n_layer {
+            let p = |s: &str| format!("blocks.{i}.{s}");
+            for ln in ["ln1", "ln2"] {
+                out.push((p(&format!("{ln}.weight")), vec![c]));
+                out.push((p(&format!("{ln}.bias")), vec![c]));
+            }
+            for l in ["key", "query", "value", "proj"] {
+                out.push((p(&format!("attn.{l}.weight")), vec![c, c]));
+                out.push((p(&format!("attn.{l}.bias")), vec![c]));
+            }
+            out.push((p("mlp.0.weight"), vec![4 * c, c]));
+            out.push((p("mlp.0.bias"), vec![4 * c]));
+            out.push((p("mlp.2.weight"), vec![c, 4 * c]));
+            out.push((p("mlp.2.bias"), vec![c]));
+        }
+        out.push(("ln_f.weight".to_string(), vec![c]));
+        out.push(("ln_f.bias".to_string(), vec![c]));
+        if !self.tied_head {
+            out.push(("head.weight".to_string(), vec![v, c]));
+        }
+        out
+    }
+
+    /// Trainable parameters.
     pub fn parameter_count(&self) -> usize {
-        let (v, c, t) = (self.vocab(), self.n_embd, self.block_size);
-        let ln = 2 * c;
-        let block = ln + 4 * (c * c + c) + ln + (c * 4 * c + 4 * c) + (4 * c * c + c);
-        let head = if self.tied_head { 0 } else { v * c };
-        v * c + t * c + self.n_layer * block + ln + head
+        self.tensor_shapes().iter().map(|(_, s)| s.iter().product::<usize>()).sum()
     }
 
     /// Every field checked, each failure naming the field.
@@ -98,6 +127,9 @@ impl GptConfig {
         }
         if self.n_head == 0 || !self.n_embd.is_multiple_of(self.n_head) {
             return bad("n_head", format!("{} heads do not divide the width {}", self.n_head, self.n_embd));
+        }
+        if !self.class_names.is_empty() && self.class_names.len() != self.n_classes {
+            return bad("class_names", format!("{} names for {} classes", self.class_names.len(), self.n_classes));
         }
         Ok(())
     }

@@ -6,6 +6,7 @@ pub mod load;
 pub mod loss;
 pub mod model;
 pub mod sample;
+pub mod train;
 
 pub use config::GptConfig;
 pub use load::{load_gpt, read_gpt, GptHints, GptWeights};

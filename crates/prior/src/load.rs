@@ -127,12 +127,14 @@ fn infer_config(path: &Path, t: &HashMap<String, Tensor>, hints: &GptHints) -> R
     let n_layer = (0..).take_while(|i| t.contains_key(&format!("blocks.{i}.ln1.weight"))).count();
     let n_head = match hints.n_head.or_else(|| GptConfig::known_heads(n_layer, n_embd)) {
         Some(h) => h,
-        None => return Err(Error::format(
-            path,
-            format!(
+        None => {
+            return Err(Error::format(
+                path,
+                format!(
                 "the weights do not record the head count of this {n_layer}-layer, width-{n_embd} GPT: pass --heads N"
             ),
-        )),
+            ))
+        }
     };
     let n_codes = match hints.n_codes {
         Some(n) if n < vocab => n,
@@ -159,6 +161,7 @@ fn infer_config(path: &Path, t: &HashMap<String, Tensor>, hints: &GptHints) -> R
         n_embd,
         null_class: false,
         tied_head: !t.contains_key("head.weight"),
+        class_names: Vec::new(),
     };
     config.validate().map_err(|e| e.at(path))?;
     Ok(config)

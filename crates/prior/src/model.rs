@@ -143,13 +143,27 @@ impl Gpt {
         self.tok_emb.forward(idx)?.broadcast_add(&self.pos_emb.narrow(1, offset, t)?)
     }
 
-    /// `GPT.forward`: idx [B, T] (any integer dtype) → logits [B, T, V] over the whole vocabulary, causal.
-    pub fn forward(&self, idx: &Tensor) -> Result<Tensor> {
+    /// The final hidden states `ln_f(blocks(…))`, [B, T, C], causal.
+    fn hidden(&self, idx: &Tensor) -> Result<Tensor> {
         let mut x = self.embed(idx, 0)?;
         for b in &self.blocks {
             x = b.forward(&x, None)?;
         }
-        self.head.forward(&self.ln_f.forward(&x)?)
+        self.ln_f.forward(&x)
+    }
+
+    /// `GPT.forward`: idx [B, T] (any integer dtype) → logits [B, T, V] over the whole vocabulary, causal.
+    pub fn forward(&self, idx: &Tensor) -> Result<Tensor> {
+        self.head.forward(&self.hidden(idx)?)
+    }
+
+    /// The training loss: mean cross-entropy over the whole vocabulary of position t's logits against
+    /// `targets[t]` ([B·T] ids, row-major), label-smoothed by `smoothing`; equal to
+    /// `loss::cross_entropy(forward(idx), targets)` without materialising the [B, T, V] logits.
+    pub fn loss(&self, idx: &Tensor, targets: &[u32], smoothing: f64) -> Result<Tensor> {
+        let h = self.hidden(idx)?;
+        let c = h.dim(D::Minus1)?;
+        gen_nn::kernels::linear_cross_entropy(&h.reshape(((), c))?, &self.head.weight, targets, smoothing)
     }
 
     /// Incremental decoding: idx [B, t] are the next t positions of the sequences in `cache` (the prompt

@@ -73,6 +73,15 @@ pub fn safetensors_metadata(path: &Path) -> Result<HashMap<String, String>> {
     Ok(meta.metadata().clone().unwrap_or_default())
 }
 
+/// Hex sha256 of byte slices read one after the other (a shard's payload: its tensors' bytes in order).
+pub fn sha256_parts(parts: &[&[u8]]) -> String {
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update(p);
+    }
+    format!("{:x}", h.finalize())
+}
+
 /// Hex sha256 of a file's bytes (the tokenizer hash is that of its `model.safetensors`).
 pub fn sha256_file(path: &Path) -> Result<String> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;

@@ -13,5 +13,7 @@ pub mod train;
 pub mod usage;
 
 pub use config::{Projector, QuantizerKind, VqConfig};
-pub use load::{load_tokenizer, read_weights, write_model_dir, TokenizerWeights};
+pub use load::{
+    load_tokenizer, read_weights, tokenizer_from_state_dict, tokenizer_sha256, write_model_dir, TokenizerWeights,
+};
 pub use model::VqModel;

@@ -76,7 +76,7 @@ pub fn read_weights(path: &Path, codebook: Option<&Path>, resolution: Option<usi
     if !path.exists() {
         return Err(Error::io(path, std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or folder")));
     }
-    let (source, mut tensors, dir_config, hint) = if path.is_dir() {
+    let (source, tensors, dir_config, hint) = if path.is_dir() {
         let dir = ModelDir::open(path, ModelKind::Tokenizer)?;
         let cfg: VqConfig = dir.architecture()?;
         cfg.validate().map_err(|e| e.at(&dir.config_path()))?;
@@ -88,7 +88,28 @@ pub fn read_weights(path: &Path, codebook: Option<&Path>, resolution: Option<usi
         let hint = pth_image_size(&f);
         (path.to_path_buf(), f.tensors(None)?.into_iter().collect(), None, hint)
     };
+    from_tensors(source, tensors, dir_config, hint, codebook, resolution)
+}
 
+/// A tokenizer from a state dict already in memory: the `vqgan.*` half of an official GPT-LC container
+/// (prefix stripped), its architecture read off the shapes as for an official `.pth`.
+pub fn tokenizer_from_state_dict(
+    source: &Path,
+    tensors: HashMap<String, Tensor>,
+    codebook: Option<&Path>,
+    resolution: Option<usize>,
+) -> Result<TokenizerWeights> {
+    from_tensors(source.to_path_buf(), tensors, None, None, codebook, resolution)
+}
+
+fn from_tensors(
+    source: PathBuf,
+    mut tensors: HashMap<String, Tensor>,
+    dir_config: Option<VqConfig>,
+    hint: Option<usize>,
+    codebook: Option<&Path>,
+    resolution: Option<usize>,
+) -> Result<TokenizerWeights> {
     if let Some(cb_path) = codebook {
         let cb = read_codebook(cb_path)?;
         let d = cb.dim(1)?;
@@ -156,6 +177,16 @@ impl TokenizerWeights {
         let weights = Weights::new(self.source.display().to_string(), self.tensors.clone());
         let model = VqModel::new(weights.var_builder(dtype, dev), &self.config)?;
         Ok((model, weights))
+    }
+}
+
+/// The hash generators and shards record for a tokenizer: the sha256 of a model folder's
+/// `model.safetensors` (checked against the one its `config.toml` records), or of the file itself.
+pub fn tokenizer_sha256(path: &Path) -> Result<String> {
+    if path.is_dir() {
+        ModelDir::open(path, ModelKind::Tokenizer)?.verify()
+    } else {
+        io::sha256_file(path)
     }
 }
 

@@ -117,6 +117,8 @@ impl AdamW {
         let AdamWConfig { lr, beta1, beta2, eps, weight_decay } = self.cfg;
         for slot in &mut self.slots {
             let Some(grad) = grads.get(slot.var.as_tensor()) else { continue };
+            // a gradient that still tracks a graph would chain every step's graph into the moments
+            let grad = &grad.detach();
             slot.step += 1;
             let t = slot.step as f64;
             // Detached: the update itself must not grow an autograd graph.

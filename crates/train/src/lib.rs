@@ -6,6 +6,8 @@
 //! (`trainer`).
 
 pub mod adamw;
+pub mod order;
+pub mod plots;
 pub mod run;
 pub mod schedule;
 pub mod trainer;

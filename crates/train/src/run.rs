@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 const CONFIG: &str = "config.toml";
-const LOG: &str = "log.jsonl";
+pub const LOG: &str = "log.jsonl";
 const CHECKPOINTS: &str = "checkpoints";
 const LATEST: &str = "latest";
 const MODEL: &str = "model.safetensors";

@@ -5,6 +5,7 @@
 
 use std::path::PathBuf;
 
+use candle_core::backprop::GradStore;
 use candle_core::{DType, Tensor, Var};
 use gen_runtime::{Error, Result, Rng};
 use serde::{Deserialize, Serialize};
@@ -38,11 +39,19 @@ pub struct StepCtx<'a> {
 pub struct StepOutput {
     pub loss: Tensor,
     pub metrics: Vec<(String, f64)>,
+    /// Gradients the step already computed (a data-parallel step sums its slices' backward passes,
+    /// `gen_nn::batch::par_batch_grads`); `loss` is then only the value to check and log.
+    pub grads: Option<GradStore>,
 }
 
 impl StepOutput {
     pub fn loss(loss: Tensor) -> Self {
-        StepOutput { loss, metrics: Vec::new() }
+        StepOutput { loss, metrics: Vec::new(), grads: None }
+    }
+
+    /// A step whose gradients are already computed; `loss` is its value.
+    pub fn with_grads(loss: f64, grads: GradStore, dev: &candle_core::Device) -> Result<Self> {
+        Ok(StepOutput { loss: Tensor::new(loss, dev)?, metrics: Vec::new(), grads: Some(grads) })
     }
 }
 
@@ -117,7 +126,10 @@ impl Trainer {
                 };
                 return Err(Error::Invalid(format!("step {number}: the loss is {loss}; training stopped, {last}")));
             }
-            let grads = out.loss.backward()?;
+            let grads = match out.grads {
+                Some(g) => g,
+                None => out.loss.backward()?,
+            };
             self.opt.step(&grads)?;
             self.progress.step = number;
 

@@ -144,7 +144,7 @@ fn step_fn<'a>(
             loss = (loss * f64::NAN)?;
         }
         let wnorm = mlp.var("fc1.weight").sqr()?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-        Ok(StepOutput { loss, metrics: vec![("fc1_weight_sq".into(), wnorm)] })
+        Ok(StepOutput { loss, metrics: vec![("fc1_weight_sq".into(), wnorm)], grads: None })
     }
 }
 

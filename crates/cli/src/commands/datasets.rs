@@ -1,10 +1,10 @@
 //! Image sources of the tokenizer commands (`rfid`, `utilization`): a folder or a Fashion-MNIST split.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
 use clap::Args;
-use gen_data::fmnist::{FashionMnist, DEFAULT_DIR};
+use gen_data::fmnist::{FashionMnist, CLASS_NAMES, DEFAULT_DIR};
 use gen_eval::features::list_images;
 use gen_runtime::imageio::{self, RgbImage};
 
@@ -63,4 +63,47 @@ impl Data {
             Data::Fmnist(ds, _) => ds.rgb(i),
         })
     }
+}
+
+impl Data {
+    /// Each image's class and the class names: Fashion-MNIST's ten, or an image folder's classes
+    /// ([`folder_classes`]); a folder without class subfolders is one class, `images`.
+    pub(crate) fn labels(&self, spec: &str) -> Result<(Vec<u32>, Vec<String>)> {
+        Ok(match self {
+            Data::Fmnist(ds, n) => (
+                ds.labels[..*n].iter().map(|&l| u32::from(l)).collect(),
+                CLASS_NAMES.iter().map(|s| s.to_string()).collect(),
+            ),
+            Data::Files(files) => match folder_classes(Path::new(spec), files)? {
+                Some(labelled) => labelled,
+                None => (vec![0; files.len()], vec!["images".to_string()]),
+            },
+        })
+    }
+}
+
+/// ImageFolder classes (torchvision's layout, ImageNet's): the first folder below `root` names an
+/// image's class, classes in sorted order. `None` when no image is inside a subfolder; an image outside
+/// the class folders while others are inside is an error naming it.
+pub(crate) fn folder_classes(root: &Path, files: &[PathBuf]) -> Result<Option<(Vec<u32>, Vec<String>)>> {
+    let class_of = |p: &Path| -> Option<String> {
+        let rel = p.strip_prefix(root).ok()?;
+        let mut parts = rel.components();
+        let first = parts.next()?.as_os_str().to_string_lossy().into_owned();
+        parts.next().map(|_| first)
+    };
+    let mut names: Vec<String> = files.iter().filter_map(|p| class_of(p)).collect();
+    names.sort();
+    names.dedup();
+    if names.is_empty() {
+        return Ok(None);
+    }
+    let mut labels = Vec::with_capacity(files.len());
+    for p in files {
+        let Some(class) = class_of(p) else {
+            bail!("--data {}: {} is not inside a class subfolder (one folder per class)", root.display(), p.display());
+        };
+        labels.push(names.binary_search(&class).unwrap_or(0) as u32);
+    }
+    Ok(Some((labels, names)))
 }

@@ -155,29 +155,10 @@ fn open_data(spec: &str, global: bool) -> Result<(Images, Vec<String>)> {
     if global {
         return Ok((Images::Files(files.into_iter().map(|p| (p, 0)).collect()), vec!["all".into()]));
     }
-    // ImageFolder: the first folder below the root names the class; classes in sorted order
-    let class_of = |p: &Path| -> Option<String> {
-        let rel = p.strip_prefix(root).ok()?;
-        let mut parts = rel.components();
-        let first = parts.next()?.as_os_str().to_string_lossy().into_owned();
-        parts.next().map(|_| first)
-    };
-    let mut names: Vec<String> = files.iter().filter_map(|p| class_of(p)).collect();
-    names.sort();
-    names.dedup();
-    if names.is_empty() {
+    let Some((labels, names)) = super::datasets::folder_classes(root, &files)? else {
         bail!("--data {spec}: --per-class needs one subfolder per class (ImageFolder layout); use --global for unlabeled images");
-    }
-    if let Some(loose) = files.iter().find(|p| class_of(p).is_none()) {
-        bail!("--data {spec}: {} is not inside a class subfolder (use --global to ignore classes)", loose.display());
-    }
-    let labelled = files
-        .into_iter()
-        .map(|p| {
-            let g = names.binary_search(&class_of(&p).unwrap_or_default()).unwrap_or(0);
-            (p, g)
-        })
-        .collect();
+    };
+    let labelled = files.into_iter().zip(labels).map(|(p, g)| (p, g as usize)).collect();
     Ok((Images::Files(labelled), names))
 }
 

@@ -35,6 +35,7 @@ pub(crate) mod conv_s1;
 /// Only the two dense GEMMs `gen bench` times are public; the strided GEMM the kernels use is not.
 pub mod gemm;
 pub(crate) mod group_norm;
+pub(crate) mod linear_ce;
 pub(crate) mod pool;
 pub(crate) mod real;
 pub(crate) mod reference;
@@ -46,6 +47,7 @@ mod tests;
 use candle_core::{Result, Tensor};
 
 pub use avg_pool::avg_pool2d_exclude_pad;
+pub use linear_ce::linear_cross_entropy;
 pub use pool::max_pool2d;
 pub use rows::{layer_norm, softmax_last_dim, softmax_last_dim_causal};
 

@@ -86,3 +86,15 @@ pub fn avg_pool2d_exclude_pad(x: &Tensor, kernel: usize, stride: usize, pad: usi
     let count = window_sum(&Tensor::ones((1, 1, h, w), x.dtype(), x.device())?)?;
     window_sum(x)?.broadcast_div(&count)
 }
+
+/// `mean_i CE(h_i · Wᵀ, t_i)` with label smoothing ε, from Candle ops (the logits materialised).
+pub(crate) fn linear_cross_entropy(h: &Tensor, w: &Tensor, targets: &[u32], eps: f64) -> Result<Tensor> {
+    let logp = candle_nn::ops::log_softmax(&h.matmul(&w.t()?)?, candle_core::D::Minus1)?;
+    let t = Tensor::from_slice(targets, (targets.len(), 1), h.device())?;
+    let nll = logp.gather(&t, 1)?.squeeze(1)?.neg()?;
+    if eps == 0.0 {
+        return nll.mean_all();
+    }
+    let uniform = logp.mean(candle_core::D::Minus1)?.neg()?;
+    ((nll * (1.0 - eps))? + (uniform * eps)?)?.mean_all()
+}

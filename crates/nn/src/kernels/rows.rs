@@ -43,7 +43,9 @@ impl CustomOp1 for Softmax {
         Ok((out, l.shape().clone()))
     }
     fn bwd(&self, _x: &Tensor, y: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
-        // dx = y ⊙ (dy − Σ dy⊙y)
+        // dx = y ⊙ (dy − Σ dy⊙y); y detached, or the gradient would hold the forward graph (a
+        // parameter's gradient, kept in Adam's moments, would then keep every step's graph alive)
+        let y = &y.detach();
         let s = (dy * y)?.sum_keepdim(D::Minus1)?;
         Ok(Some((y * dy.broadcast_sub(&s)?)?))
     }
@@ -78,6 +80,7 @@ impl CustomOp1 for CausalSoftmax {
     }
     fn bwd(&self, _x: &Tensor, y: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
         // as softmax: dx = y ⊙ (dy − Σ dy⊙y), which is 0 where y is
+        let y = &y.detach();
         let s = (dy * y)?.sum_keepdim(D::Minus1)?;
         Ok(Some((y * dy.broadcast_sub(&s)?)?))
     }
@@ -136,6 +139,8 @@ impl CustomOp3 for LayerNorm {
         _y: &Tensor,
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        // detached: the gradients must not hold the forward graph (see Softmax::bwd)
+        let (x, w) = (&x.detach(), &w.detach());
         let d = x.dim(D::Minus1)?;
         let mean = x.mean_keepdim(D::Minus1)?;
         let xc = x.broadcast_sub(&mean)?;

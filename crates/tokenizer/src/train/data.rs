@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use candle_core::{Device, Tensor};
 use gen_data::fmnist::FashionMnist;
 use gen_runtime::imageio::{self, RgbImage};
-use gen_runtime::{Error, Result, Rng};
+use gen_runtime::{Error, Result};
 use rayon::prelude::*;
 
 pub enum TrainImages {
@@ -50,13 +50,7 @@ impl TrainImages {
 
 /// The order of epoch `epoch`: a permutation drawn from (seed, epoch) alone.
 pub fn epoch_order(n: usize, seed: u64, epoch: u64) -> Vec<usize> {
-    let mut rng = Rng::new(seed ^ epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xDA7A);
-    let mut order: Vec<usize> = (0..n).collect();
-    for i in (1..n).rev() {
-        let j = rng.below(i as u64 + 1) as usize;
-        order.swap(i, j);
-    }
-    order
+    gen_train::order::shuffled(n, gen_train::order::epoch_seed(seed, epoch, 0xDA7A))
 }
 
 /// The next batch of ids from (epoch, cursor), advancing them; a batch never spans two epochs (the last,

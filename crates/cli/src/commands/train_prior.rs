@@ -1,0 +1,101 @@
+//! `gen train-prior`: trains the GPT prior on token shards (`gen tokenize`) in a run folder that
+//! resumes exactly, and writes the trained prior as a model folder paired with its tokenizer.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use gen_prior::train::{PriorConfig, PriorTrainer, TokenSet};
+use gen_runtime::progress;
+
+use crate::args::{at_least_one, DeviceArgs};
+
+#[derive(Args)]
+pub struct TrainPriorArgs {
+    /// Token shards to train on (`gen tokenize --out DIR`).
+    #[arg(long)]
+    pub shards: PathBuf,
+    /// The run's config (`configs/prior/*.toml`).
+    #[arg(long)]
+    pub config: PathBuf,
+    /// The run folder (config copy, log.jsonl, loss.png, checkpoints/, and the trained model in model/).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Shards for the validation loss at every checkpoint (the same tokenizer's).
+    #[arg(long)]
+    pub val_shards: Option<PathBuf>,
+    /// The tokenizer the shards were made with, recorded in the model folder (its sha256 must match the
+    /// shards').
+    #[arg(long)]
+    pub tokenizer: Option<PathBuf>,
+    /// Continue the run in --out from its newest checkpoint (refused if the config or shards changed).
+    #[arg(long)]
+    pub resume: bool,
+    /// Stop after this many steps in all (the schedule still spans the config's steps); resume later.
+    #[arg(long, value_parser = at_least_one)]
+    pub until: Option<usize>,
+    #[command(flatten)]
+    pub run: DeviceArgs,
+}
+
+pub fn run(a: TrainPriorArgs) -> Result<()> {
+    let _ = a.run.open()?;
+    let text = std::fs::read_to_string(&a.config).with_context(|| format!("cannot read {}", a.config.display()))?;
+    let cfg = PriorConfig::parse(&text, &a.config)?;
+    let data = TokenSet::read(&a.shards, None)?;
+    if let Some(t) = &a.tokenizer {
+        data.manifest.check_tokenizer(&a.shards, &gen_tokenizer::tokenizer_sha256(t)?)?;
+    }
+    let val = a.val_shards.as_ref().map(|v| TokenSet::read(v, Some(cfg.train.val_images))).transpose()?;
+    let mut trainer = PriorTrainer::open(cfg, data, val, &a.out, a.resume)?;
+    let steps = trainer.config.prior.train.steps;
+    let until = a.until.map_or(steps, |u| u as u64).min(steps);
+    let start = trainer.trainer.progress.step;
+    let bar = progress::bar(until.saturating_sub(start), "train", a.run.quiet);
+    let t0 = Instant::now();
+    let mut last = String::new();
+    trainer.train(Some(until), |step, loss| {
+        last = format!("step {step}: loss {loss:.4}");
+        bar.set_position(step - start);
+        bar.set_message(last.clone());
+    })?;
+    bar.finish_and_clear();
+    let secs = t0.elapsed().as_secs_f64();
+    if trainer.trainer.progress.step < steps {
+        println!(
+            "stopped at step {} of {steps} after {secs:.0} s ({last}); continue with --resume",
+            trainer.trainer.progress.step
+        );
+        return Ok(());
+    }
+    let g = &trainer.config.gpt;
+    let t = &trainer.config.prior.train;
+    let card = format!(
+        "# GPT prior (GPT-LC architecture)\n\nTrained by `gen train-prior --shards {} --config {}` ({steps} steps of batch {}, \
+         {:.0} s in this call) on {} images.\n\n- {} layers, {} heads, width {}, block {}; vocabulary {} ({} codes + {} classes{})\n\
+         - {} parameters; head {}; pkeep {}, class dropout {}, label smoothing {}\n",
+        a.shards.display(),
+        a.config.display(),
+        t.batch_size,
+        secs,
+        trainer.config.images,
+        g.n_layer,
+        g.n_head,
+        g.n_embd,
+        g.block_size,
+        g.vocab(),
+        g.n_codes,
+        g.n_classes,
+        if g.null_class { " + the null class" } else { "" },
+        g.parameter_count(),
+        if g.tied_head { "tied to the token embedding" } else { "untied" },
+        t.pkeep,
+        t.class_dropout,
+        t.label_smoothing
+    );
+    let model_dir = a.out.join("model");
+    trainer.write_model(&model_dir, a.tokenizer.as_deref(), &card)?;
+    println!("trained {steps} steps in {secs:.0} s ({last}); model in {}", model_dir.display());
+    Ok(())
+}
