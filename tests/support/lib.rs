@@ -220,3 +220,30 @@ pub fn fmnist_installed() -> bool {
     eprintln!("SKIPPED: {} not installed", dir.display());
     false
 }
+
+/// Runs the `gen` binary from the workspace root: `run_gen!(&["sample", …])`. A macro because only an
+/// integration test knows the binary's path (`CARGO_BIN_EXE_gen`).
+#[macro_export]
+macro_rules! run_gen {
+    ($args:expr) => {
+        std::process::Command::new(env!("CARGO_BIN_EXE_gen"))
+            .args($args)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .expect("the gen binary runs")
+    };
+}
+
+/// Asserts a run succeeded; returns its stdout.
+pub fn assert_ok(o: &std::process::Output) -> String {
+    assert!(o.status.success(), "gen failed: {}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// A fresh, empty temp folder unique to this test process.
+pub fn temp_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("gen-test-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).expect("temp dir");
+    d
+}

@@ -13,6 +13,7 @@ mod images;
 pub mod init_codebook;
 pub mod reconstruct;
 pub mod rfid;
+pub mod sample;
 pub mod tokenize;
 mod tokenizer_args;
 pub mod train_classifier;

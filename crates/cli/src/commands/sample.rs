@@ -1,0 +1,292 @@
+//! `gen sample`: class label → image. The GPT prior draws the image tokens (batched, KV-cached,
+//! seeded), the paired tokenizer decodes them, and the samples are written as one PNG grid.
+//!
+//! `--model gpt` is the shipped demo prior (`models/fmnist/gpt`); a folder is any GPT model folder; a
+//! file is an official GPT-LC container (`transformer_{epoch}.pt`, DeepSpeed `mp_rank_00_model_states.pt`)
+//! whose `vqgan.*` half is the tokenizer unless `--tokenizer` names another.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use candle_core::{Device, Tensor};
+use clap::{Args, ValueEnum};
+use gen_data::classes;
+use gen_data::tokens::TokenFile;
+use gen_prior::sample::{generate, Request, Sampling};
+use gen_prior::{read_gpt, GptHints, GptWeights};
+use gen_runtime::{imageio, progress, Rng};
+use gen_tokenizer::{read_weights, tokenizer_from_state_dict, tokenizer_sha256, TokenizerWeights, VqModel};
+
+use crate::args::{at_least_one, DeviceArgs};
+
+/// Where `--model gpt` looks (run from the project folder).
+pub const DEMO_GPT: &str = "models/fmnist/gpt";
+
+#[derive(Args)]
+pub struct SampleArgs {
+    /// `gpt` (the shipped demo prior), a GPT model folder, or an official GPT-LC checkpoint file.
+    #[arg(long, default_value = "gpt")]
+    pub model: String,
+    /// The class to draw (0-based id).
+    #[arg(long, required_unless_present = "prompt")]
+    pub class: Option<usize>,
+    /// The class by name instead of id ("golden retriever", "sneaker"); the closest name wins.
+    #[arg(long, conflicts_with = "class")]
+    pub prompt: Option<String>,
+    #[arg(long, default_value_t = 1, value_parser = at_least_one)]
+    pub num_samples: usize,
+    /// Sample i draws from its own generator seeded by (seed, i): the same image on every run.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// A named sampling setting; --temperature / --top-k / --top-p / --cfg-scale override its values.
+    #[arg(long, value_enum)]
+    pub preset: Option<Preset>,
+    /// Divides the logits (> 0; default 1).
+    #[arg(long)]
+    pub temperature: Option<f64>,
+    /// Keep the k most likely tokens (1 = greedy).
+    #[arg(long)]
+    pub top_k: Option<usize>,
+    /// Keep the most likely tokens up to probability p, in (0, 1].
+    #[arg(long)]
+    pub top_p: Option<f64>,
+    /// Classifier-free guidance scale (models trained with a null class).
+    #[arg(long)]
+    pub cfg_scale: Option<f64>,
+    /// The tokenizer that decodes the tokens (default: the one paired with the model).
+    #[arg(long)]
+    pub tokenizer: Option<PathBuf>,
+    /// The codebook of an official tokenizer checkpoint (`codebook-100K.pth`).
+    #[arg(long)]
+    pub codebook: Option<PathBuf>,
+    /// The tokenizer's image size, for an official checkpoint (default 256).
+    #[arg(long, value_parser = at_least_one)]
+    pub resolution: Option<usize>,
+    /// The GPT's head count, when its weights are of no known size.
+    #[arg(long, value_parser = at_least_one)]
+    pub heads: Option<usize>,
+    /// Class names, one per line (default: the model's, or ImageNet's for 1,000 classes).
+    #[arg(long)]
+    pub classes: Option<PathBuf>,
+    /// The PNG to write (a grid when --num-samples > 1).
+    #[arg(long, default_value = "sample.png")]
+    pub out: PathBuf,
+    /// Also write the sampled token ids (a `gen decode` token file).
+    #[arg(long)]
+    pub tokens_out: Option<PathBuf>,
+    #[command(flatten)]
+    pub run: DeviceArgs,
+}
+
+/// Sampling settings with a name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Preset {
+    /// The official evaluation: temperature 1, top-k 100,000 (no filtering), no guidance.
+    Official,
+    /// Top-k 10,000 at temperature 1: what VQGAN-LC's users found the paper's FID 15.4 needs (issue #7).
+    PaperFid,
+    /// Greedy decoding (top-k 1).
+    Greedy,
+}
+
+impl Preset {
+    fn sampling(self) -> Sampling {
+        match self {
+            Preset::Official => Sampling::default(),
+            Preset::PaperFid => Sampling { top_k: Some(10_000), ..Sampling::default() },
+            Preset::Greedy => Sampling::greedy(),
+        }
+    }
+}
+
+fn sampling(a: &SampleArgs) -> Sampling {
+    let mut s = a.preset.map_or_else(Sampling::default, Preset::sampling);
+    if let Some(t) = a.temperature {
+        s.temperature = t;
+    }
+    if a.top_k.is_some() {
+        s.top_k = a.top_k;
+    }
+    if a.top_p.is_some() {
+        s.top_p = a.top_p;
+    }
+    if a.cfg_scale.is_some() {
+        s.cfg_scale = a.cfg_scale;
+    }
+    s
+}
+
+/// `gpt` → the demo folder; anything else is a path.
+fn model_path(spec: &str) -> Result<PathBuf> {
+    match spec {
+        "gpt" => {
+            let p = PathBuf::from(DEMO_GPT);
+            if !p.exists() {
+                bail!("--model gpt: {DEMO_GPT} not found (run gen from the project folder, or pass the model folder)");
+            }
+            Ok(p)
+        }
+        "dit" | "sit" | "ldm" => bail!("--model {spec}: the diffusion generators are not part of this build yet"),
+        other => Ok(PathBuf::from(other)),
+    }
+}
+
+/// The tokenizer that decodes this GPT's tokens, and where it came from (for messages).
+fn paired_tokenizer(a: &SampleArgs, gpt: &GptWeights) -> Result<(TokenizerWeights, String)> {
+    let check_sha = |path: &Path| -> Result<()> {
+        if let Some(want) = &gpt.tokenizer_sha256 {
+            let have = tokenizer_sha256(path)?;
+            if &have != want {
+                bail!(
+                    "{}: this tokenizer (sha256 {}…) is not the one {} was trained with ({}…)",
+                    path.display(),
+                    &have[..12],
+                    gpt.source.display(),
+                    &want[..want.len().min(12)]
+                );
+            }
+        }
+        Ok(())
+    };
+    if let Some(t) = &a.tokenizer {
+        check_sha(t)?;
+        return Ok((read_weights(t, a.codebook.as_deref(), a.resolution)?, t.display().to_string()));
+    }
+    if let Some(t) = &gpt.tokenizer_path {
+        check_sha(t)?;
+        return Ok((read_weights(t, a.codebook.as_deref(), a.resolution)?, t.display().to_string()));
+    }
+    if let Some(tensors) = &gpt.tokenizer_tensors {
+        let w = tokenizer_from_state_dict(&gpt.source, tensors.clone(), a.codebook.as_deref(), a.resolution)
+            .with_context(|| {
+                format!("the vqgan.* half of {} is not a usable tokenizer (pass --tokenizer)", gpt.source.display())
+            })?;
+        return Ok((w, format!("the vqgan.* half of {}", gpt.source.display())));
+    }
+    bail!("{}: no tokenizer is paired with this model: pass --tokenizer", gpt.source.display())
+}
+
+/// The class names: `--classes`, the model's own, or the usual ones for its class count.
+fn class_names(a: &SampleArgs, gpt: &GptWeights) -> Result<Vec<String>> {
+    let n = gpt.config.n_classes;
+    let names = match &a.classes {
+        Some(p) => {
+            let text = std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?;
+            let names: Vec<String> = text.lines().map(str::to_owned).filter(|l| !l.trim().is_empty()).collect();
+            if names.len() != n {
+                bail!("--classes {}: {} names for a model of {n} classes", p.display(), names.len());
+            }
+            names
+        }
+        None if !gpt.config.class_names.is_empty() => gpt.config.class_names.clone(),
+        None => classes::default_for(n).unwrap_or_else(|| (0..n).map(|i| format!("class {i}")).collect()),
+    };
+    Ok(names)
+}
+
+/// `--class` checked against the range, or `--prompt` resolved by name.
+fn pick_class(a: &SampleArgs, names: &[String]) -> Result<usize> {
+    let n = names.len();
+    if let Some(p) = &a.prompt {
+        let Some((c, _)) = classes::resolve(p, names) else { bail!("--prompt is empty") };
+        return Ok(c);
+    }
+    let c = a.class.unwrap_or(0);
+    if c >= n {
+        let some: Vec<String> =
+            names.iter().take(3).enumerate().map(|(i, s)| format!("{i} = {}", classes::short_name(s))).collect();
+        bail!("--class {c} is out of range: this model has classes 0 to {} ({}, …)", n - 1, some.join(", "));
+    }
+    Ok(c)
+}
+
+pub fn run(a: SampleArgs) -> Result<()> {
+    let (dev, dtype) = a.run.open()?;
+    let quiet = a.run.quiet;
+    let path = model_path(&a.model)?;
+    // an explicit tokenizer's codebook size tells an official file's codes from its classes
+    let given = a.tokenizer.as_ref().map(|t| read_weights(t, a.codebook.as_deref(), a.resolution)).transpose()?;
+    let hints = GptHints { n_codes: given.as_ref().map(|t| t.config.codebook_size), n_head: a.heads };
+    let gw = read_gpt(&path, &hints)?;
+    let names = class_names(&a, &gw)?;
+    let class = pick_class(&a, &names)?;
+    let s = sampling(&a);
+    let (tw, tok_from) = paired_tokenizer(&a, &gw)?;
+    let (mut tokenizer, _) = tw.build(dtype, &dev)?;
+    tokenizer.quantizer.freeze_projection()?;
+    let codes = tokenizer.quantizer.codebook_size()?;
+    if codes != gw.config.n_codes {
+        bail!(
+            "{} predicts {} image tokens but {tok_from} has a codebook of {codes}: they are not a pair",
+            gw.source.display(),
+            gw.config.n_codes
+        );
+    }
+    let (gpt, _) = gw.build(dtype, &dev)?;
+    s.validate(&gpt)?;
+    let side = tokenizer.config.latent_size();
+    let steps = side * side;
+    if steps > gpt.config.max_tokens() {
+        bail!("the tokenizer's {side}×{side} grid needs {steps} tokens; the model holds {}", gpt.config.max_tokens());
+    }
+    let tokens = draw(&gpt, class, &a, &s, steps, quiet)?;
+    let images = decode(&tokenizer, &tokens, side, a.run.batch_size, &dev)?;
+    let cols = (images.len() as f64).sqrt().ceil() as usize;
+    let picture = if images.len() == 1 { images[0].clone() } else { imageio::grid(&images, cols).context("grid")? };
+    imageio::save_png(&a.out, &picture)?;
+    if let Some(t) = &a.tokens_out {
+        TokenFile { ids: tokens, grid: (side, side), vocab: Some(codes) }.write(t)?;
+    }
+    println!(
+        "class {class} ({}): {} sample{} (seed {}) → {}",
+        classes::short_name(&names[class]),
+        a.num_samples,
+        if a.num_samples == 1 { "" } else { "s" },
+        a.seed,
+        a.out.display()
+    );
+    Ok(())
+}
+
+/// The token ids of every sample, `--batch-size` sequences decoded together.
+fn draw(
+    gpt: &gen_prior::Gpt,
+    class: usize,
+    a: &SampleArgs,
+    s: &Sampling,
+    steps: usize,
+    quiet: bool,
+) -> Result<Vec<Vec<u32>>> {
+    let batch = a.run.batch_size;
+    let bar = progress::bar((a.num_samples * steps) as u64, "sample", quiet);
+    let mut out = Vec::with_capacity(a.num_samples);
+    for start in (0..a.num_samples).step_by(batch) {
+        let n = batch.min(a.num_samples - start);
+        let classes = vec![class; n];
+        let mut rngs: Vec<Rng> = (start..start + n).map(|i| Rng::for_item(a.seed, i as u64)).collect();
+        let req = Request { classes: &classes, prefix: None, steps };
+        out.extend(generate(gpt, &req, s, &mut rngs, |_| bar.inc(n as u64))?);
+    }
+    bar.finish_and_clear();
+    Ok(out)
+}
+
+/// Tokens → images through the tokenizer's projected codebook and decoder.
+fn decode(
+    tok: &VqModel,
+    tokens: &[Vec<u32>],
+    side: usize,
+    batch: usize,
+    dev: &Device,
+) -> Result<Vec<imageio::RgbImage>> {
+    let mut images = Vec::with_capacity(tokens.len());
+    for chunk in tokens.chunks(batch.max(1)) {
+        let flat: Vec<u32> = chunk.concat();
+        let ids = Tensor::from_vec(flat, (chunk.len(), side * side), &Device::Cpu)?.to_device(dev)?;
+        let x = tok.decode_indices(&ids, Some((side, side)))?;
+        for i in 0..chunk.len() {
+            images.push(imageio::from_tensor(&x.get(i)?)?);
+        }
+    }
+    Ok(images)
+}
