@@ -212,6 +212,29 @@ fn shards_train_prior_and_sample_end_to_end_with_exact_resume() {
     let other = fixture("tokenizer/f16-tiny/checkpoint.pth").unwrap();
     let o = run_gen!(&["sample", "--model", s(&model), "--class", "0", "--tokenizer", s(&other), "--out", s(&png)]);
     assert_one_line_error(&o, &["checkpoint.pth", "not the one"]);
+    // a [sampling] table in the folder's config.toml is the default (here greedy: every sample alike)
+    let mut text = std::fs::read_to_string(model.join("config.toml")).unwrap();
+    text.push_str("\n[sampling]\ntop_k = 1\n");
+    std::fs::write(model.join("config.toml"), text).unwrap();
+    let ids = dir.join("greedy.safetensors");
+    assert_ok(&run_gen!(&[
+        "sample",
+        "--model",
+        s(&model),
+        "--class",
+        "0",
+        "--num-samples",
+        "3",
+        "--resolution",
+        "64",
+        "--out",
+        s(&png),
+        "--tokens-out",
+        s(&ids),
+        "--quiet"
+    ]));
+    let greedy = TokenFile::read(&ids, None).unwrap().ids;
+    assert!(greedy[0] == greedy[1] && greedy[1] == greedy[2], "{greedy:?}");
     // the recorded tokenizer with another codebook: its size is not the GPT's image vocabulary
     let cb = dir.join("codebook-500.safetensors");
     let rows = Tensor::zeros((500, 32), candle_core::DType::F32, &candle_core::Device::Cpu).unwrap();

@@ -20,6 +20,7 @@ use gen_runtime::{io, Error, ModelDir, ModelKind, Result};
 
 use crate::config::GptConfig;
 use crate::model::Gpt;
+use crate::sample::Sampling;
 
 /// The official class count when a file does not say (ImageNet).
 pub const DEFAULT_CLASSES: usize = 1000;
@@ -45,6 +46,8 @@ pub struct GptWeights {
     /// A model folder's `tokenizer` (relative path) and `tokenizer_sha256`.
     pub tokenizer_path: Option<PathBuf>,
     pub tokenizer_sha256: Option<String>,
+    /// A model folder's recommended sampling (`[sampling]` in `config.toml`).
+    pub sampling: Option<Sampling>,
 }
 
 /// Reads `path` (folder, `.safetensors` or a PyTorch container).
@@ -59,7 +62,9 @@ pub fn read_gpt(path: &Path, hints: &GptHints) -> Result<GptWeights> {
         let tensors = dir.load_weights()?;
         let tokenizer_path = dir.get_str("tokenizer").map(|t| path.join(t));
         let tokenizer_sha256 = dir.get_str("tokenizer_sha256").map(str::to_owned);
+        let sampling = if dir.has("sampling") { Some(dir.table::<Sampling>("sampling")?) } else { None };
         return Ok(GptWeights {
+            sampling,
             source: dir.weights_path(),
             config,
             tensors,
@@ -84,6 +89,7 @@ pub fn read_gpt(path: &Path, hints: &GptHints) -> Result<GptWeights> {
         tokenizer_tensors,
         tokenizer_path: None,
         tokenizer_sha256: None,
+        sampling: None,
     })
 }
 

@@ -15,8 +15,10 @@ use gen_runtime::{Error, Rng};
 
 use crate::model::Gpt;
 
-/// How each next token is chosen.
-#[derive(Clone, Debug, PartialEq)]
+/// How each next token is chosen. A model folder may recommend its own as a `[sampling]` table in
+/// `config.toml` (any of the fields), which `gen sample` uses when given no preset or flag.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Sampling {
     /// > 0; 1 leaves the logits as they are.
     pub temperature: f64,
@@ -232,9 +234,90 @@ pub fn generate(
     Ok(out)
 }
 
+/// The official sampler's cost model: every step runs the network over the whole prefix (no cache).
+/// Same tokens as [`generate`] (a reference and the baseline of `gen bench`); no CFG.
+pub fn generate_recompute(
+    model: &Gpt,
+    req: &Request,
+    sampling: &Sampling,
+    rngs: &mut [Rng],
+) -> gen_runtime::Result<Vec<Vec<u32>>> {
+    sampling.validate(model)?;
+    if sampling.cfg_scale.is_some() || req.prefix.is_some() {
+        return Err(Error::invalid("the recompute sampler takes no prefix and no guidance"));
+    }
+    let c = &model.config;
+    let b = req.classes.len();
+    let mut seqs: Vec<Vec<u32>> = req.classes.iter().map(|&k| vec![c.class_token(Some(k))]).collect();
+    for _ in 0..req.steps {
+        let t = seqs[0].len();
+        let ids = Tensor::from_vec(seqs.concat(), (b, t), model.device())?;
+        let logits = model.forward(&ids)?.narrow(1, t - 1, 1)?.squeeze(1)?.narrow(1, 0, c.n_codes)?;
+        let logits = logits.to_dtype(candle_core::DType::F32)?.to_vec2::<f32>()?;
+        for (i, seq) in seqs.iter_mut().enumerate() {
+            seq.push(choose(&logits[i], None, sampling, &mut rngs[i]));
+        }
+    }
+    Ok(seqs.into_iter().map(|s| s[1..].to_vec()).collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A small random GPT with a null class.
+    fn tiny() -> Gpt {
+        let c = crate::GptConfig {
+            n_codes: 50,
+            n_classes: 3,
+            block_size: 13,
+            n_layer: 2,
+            n_head: 2,
+            n_embd: 16,
+            null_class: true,
+            tied_head: false,
+            class_names: vec![],
+        };
+        let mut rng = Rng::new(4);
+        let t = crate::train::init_tensors(&c, &mut rng).unwrap();
+        // larger weights than the training init, so the logits are far from uniform
+        let t =
+            t.into_iter().map(|(k, v)| (k.clone(), if k.contains("ln") { v } else { (v * 20.0).unwrap() })).collect();
+        Gpt::new(gen_nn::Weights::new("tiny", t).var_builder(candle_core::DType::F32, &candle_core::Device::Cpu), &c)
+            .unwrap()
+    }
+
+    #[test]
+    fn kv_cache_sampling_equals_full_recompute_sampling() {
+        let model = tiny();
+        let req = Request { classes: &[0, 2, 1], prefix: None, steps: 12 };
+        for s in [Sampling::greedy(), Sampling { temperature: 0.8, top_k: Some(7), top_p: Some(0.9), cfg_scale: None }]
+        {
+            let rngs = || (0..3).map(|i| Rng::for_item(9, i)).collect::<Vec<_>>();
+            let cached = generate(&model, &req, &s, &mut rngs(), |_| {}).unwrap();
+            let full = generate_recompute(&model, &req, &s, &mut rngs()).unwrap();
+            assert_eq!(cached, full, "{s:?}");
+            assert!(cached.iter().flatten().all(|&t| t < 50), "only image tokens are drawn");
+        }
+    }
+
+    #[test]
+    fn a_sample_does_not_depend_on_its_batch() {
+        let model = tiny();
+        let s = Sampling { cfg_scale: Some(3.0), ..Sampling::default() };
+        let alone = generate(
+            &model,
+            &Request { classes: &[2], prefix: None, steps: 12 },
+            &s,
+            &mut [Rng::for_item(1, 5)],
+            |_| {},
+        )
+        .unwrap();
+        let mut rngs: Vec<Rng> = [4, 5, 6].iter().map(|&i| Rng::for_item(1, i)).collect();
+        let batch =
+            generate(&model, &Request { classes: &[0, 2, 1], prefix: None, steps: 12 }, &s, &mut rngs, |_| {}).unwrap();
+        assert_eq!(alone[0], batch[1]);
+    }
 
     #[test]
     fn top_k_keeps_ties_with_the_kth_value() {

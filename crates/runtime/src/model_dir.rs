@@ -140,6 +140,11 @@ impl ModelDir {
         })
     }
 
+    /// Whether `config.toml` has a top-level entry `name`.
+    pub fn has(&self, name: &str) -> bool {
+        self.config.contains_key(name)
+    }
+
     /// A top-level string such as `tokenizer_sha256`.
     pub fn get_str(&self, name: &str) -> Option<&str> {
         self.config.get(name).and_then(|v| v.as_str())

@@ -28,14 +28,19 @@ pub struct SampleArgs {
     #[arg(long, default_value = "gpt")]
     pub model: String,
     /// The class to draw (0-based id).
-    #[arg(long, required_unless_present = "prompt")]
+    #[arg(long, required_unless_present_any = ["prompt", "all_classes"])]
     pub class: Option<usize>,
     /// The class by name instead of id ("golden retriever", "sneaker"); the closest name wins.
     #[arg(long, conflicts_with = "class")]
     pub prompt: Option<String>,
+    /// Every class: --num-samples of each, one row per class in the grid.
+    #[arg(long, conflicts_with_all = ["class", "prompt"])]
+    pub all_classes: bool,
+    /// Samples per class.
     #[arg(long, default_value_t = 1, value_parser = at_least_one)]
     pub num_samples: usize,
-    /// Sample i draws from its own generator seeded by (seed, i): the same image on every run.
+    /// Sample i of class c draws from its own generator seeded by (seed, c, i): the same image on every
+    /// run, whatever the batch or the other classes drawn with it.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// A named sampling setting; --temperature / --top-k / --top-p / --cfg-scale override its values.
@@ -71,6 +76,10 @@ pub struct SampleArgs {
     /// The PNG to write (a grid when --num-samples > 1).
     #[arg(long, default_value = "sample.png")]
     pub out: PathBuf,
+    /// Also write every sample as its own PNG, `DIR/<class>/<i>.png` (what `gen eval-classes` and
+    /// `gen fid` read).
+    #[arg(long)]
+    pub out_dir: Option<PathBuf>,
     /// Also write the sampled token ids (a `gen decode` token file).
     #[arg(long)]
     pub tokens_out: Option<PathBuf>,
@@ -99,8 +108,13 @@ impl Preset {
     }
 }
 
-fn sampling(a: &SampleArgs) -> Sampling {
-    let mut s = a.preset.map_or_else(Sampling::default, Preset::sampling);
+/// The preset, else the model folder's recommendation, else the official setting; then the flags.
+fn sampling(a: &SampleArgs, recommended: Option<&Sampling>) -> Sampling {
+    let mut s = match (a.preset, recommended) {
+        (Some(p), _) => p.sampling(),
+        (None, Some(r)) => r.clone(),
+        (None, None) => Sampling::default(),
+    };
     if let Some(t) = a.temperature {
         s.temperature = t;
     }
@@ -192,7 +206,7 @@ fn pick_class(a: &SampleArgs, names: &[String]) -> Result<usize> {
         return Ok(c);
     }
     let c = a.class.unwrap_or(0);
-    if c >= n {
+    if c >= n && !a.all_classes {
         let some: Vec<String> =
             names.iter().take(3).enumerate().map(|(i, s)| format!("{i} = {}", classes::short_name(s))).collect();
         bail!("--class {c} is out of range: this model has classes 0 to {} ({}, …)", n - 1, some.join(", "));
@@ -210,7 +224,7 @@ pub fn run(a: SampleArgs) -> Result<()> {
     let gw = read_gpt(&path, &hints)?;
     let names = class_names(&a, &gw)?;
     let class = pick_class(&a, &names)?;
-    let s = sampling(&a);
+    let s = sampling(&a, gw.sampling.as_ref());
     let (tw, tok_from) = paired_tokenizer(&a, &gw)?;
     let (mut tokenizer, _) = tw.build(dtype, &dev)?;
     tokenizer.quantizer.freeze_projection()?;
@@ -229,17 +243,30 @@ pub fn run(a: SampleArgs) -> Result<()> {
     if steps > gpt.config.max_tokens() {
         bail!("the tokenizer's {side}×{side} grid needs {steps} tokens; the model holds {}", gpt.config.max_tokens());
     }
-    let tokens = draw(&gpt, class, &a, &s, steps, quiet)?;
+    let wanted: Vec<usize> = if a.all_classes { (0..names.len()).collect() } else { vec![class] };
+    let jobs: Vec<(usize, usize)> = wanted.iter().flat_map(|&c| (0..a.num_samples).map(move |i| (c, i))).collect();
+    let tokens = draw(&gpt, &jobs, &a, &s, steps, quiet)?;
     let images = decode(&tokenizer, &tokens, side, a.run.batch_size, &dev)?;
-    let cols = (images.len() as f64).sqrt().ceil() as usize;
+    let cols = if a.all_classes { a.num_samples } else { (images.len() as f64).sqrt().ceil() as usize };
     let picture = if images.len() == 1 { images[0].clone() } else { imageio::grid(&images, cols).context("grid")? };
     imageio::save_png(&a.out, &picture)?;
+    if let Some(dir) = &a.out_dir {
+        for (&(c, i), img) in jobs.iter().zip(&images) {
+            let folder = dir.join(super::eval_classes::slug(classes::short_name(&names[c])));
+            std::fs::create_dir_all(&folder).with_context(|| format!("cannot create {}", folder.display()))?;
+            imageio::save_png(&folder.join(format!("{i:05}.png")), img)?;
+        }
+    }
     if let Some(t) = &a.tokens_out {
         TokenFile { ids: tokens, grid: (side, side), vocab: Some(codes) }.write(t)?;
     }
+    let what = if a.all_classes {
+        format!("{} classes", names.len())
+    } else {
+        format!("class {class} ({})", classes::short_name(&names[class]))
+    };
     println!(
-        "class {class} ({}): {} sample{} (seed {}) → {}",
-        classes::short_name(&names[class]),
+        "{what}: {} sample{} each (seed {}) → {}",
         a.num_samples,
         if a.num_samples == 1 { "" } else { "s" },
         a.seed,
@@ -248,24 +275,23 @@ pub fn run(a: SampleArgs) -> Result<()> {
     Ok(())
 }
 
-/// The token ids of every sample, `--batch-size` sequences decoded together.
+/// The token ids of every (class, index) job, `--batch-size` sequences decoded together.
 fn draw(
     gpt: &gen_prior::Gpt,
-    class: usize,
+    jobs: &[(usize, usize)],
     a: &SampleArgs,
     s: &Sampling,
     steps: usize,
     quiet: bool,
 ) -> Result<Vec<Vec<u32>>> {
-    let batch = a.run.batch_size;
-    let bar = progress::bar((a.num_samples * steps) as u64, "sample", quiet);
-    let mut out = Vec::with_capacity(a.num_samples);
-    for start in (0..a.num_samples).step_by(batch) {
-        let n = batch.min(a.num_samples - start);
-        let classes = vec![class; n];
-        let mut rngs: Vec<Rng> = (start..start + n).map(|i| Rng::for_item(a.seed, i as u64)).collect();
+    let bar = progress::bar((jobs.len() * steps) as u64, "sample", quiet);
+    let mut out = Vec::with_capacity(jobs.len());
+    for chunk in jobs.chunks(a.run.batch_size) {
+        let classes: Vec<usize> = chunk.iter().map(|j| j.0).collect();
+        let mut rngs: Vec<Rng> =
+            chunk.iter().map(|&(c, i)| Rng::for_item(a.seed, ((c as u64) << 32) | i as u64)).collect();
         let req = Request { classes: &classes, prefix: None, steps };
-        out.extend(generate(gpt, &req, s, &mut rngs, |_| bar.inc(n as u64))?);
+        out.extend(generate(gpt, &req, s, &mut rngs, |_| bar.inc(chunk.len() as u64))?);
     }
     bar.finish_and_clear();
     Ok(out)

@@ -44,11 +44,16 @@ pub fn run(a: TrainPriorArgs) -> Result<()> {
     let text = std::fs::read_to_string(&a.config).with_context(|| format!("cannot read {}", a.config.display()))?;
     let cfg = PriorConfig::parse(&text, &a.config)?;
     let data = TokenSet::read(&a.shards, None)?;
-    if let Some(t) = &a.tokenizer {
-        data.manifest.check_tokenizer(&a.shards, &gen_tokenizer::tokenizer_sha256(t)?)?;
-    }
+    let codebook = match &a.tokenizer {
+        Some(t) => {
+            data.manifest.check_tokenizer(&a.shards, &gen_tokenizer::tokenizer_sha256(t)?)?;
+            let tok = gen_tokenizer::load_tokenizer(t, None, None, candle_core::DType::F32, &candle_core::Device::Cpu)?;
+            Some(tok.quantizer.codebook()?)
+        }
+        None => None,
+    };
     let val = a.val_shards.as_ref().map(|v| TokenSet::read(v, Some(cfg.train.val_images))).transpose()?;
-    let mut trainer = PriorTrainer::open(cfg, data, val, &a.out, a.resume)?;
+    let mut trainer = PriorTrainer::open(cfg, data, val, codebook.as_ref(), &a.out, a.resume)?;
     let steps = trainer.config.prior.train.steps;
     let until = a.until.map_or(steps, |u| u as u64).min(steps);
     let start = trainer.trainer.progress.step;

@@ -29,6 +29,19 @@ pub struct ModelSection {
     /// Head tied to the token embedding (official: untied).
     #[serde(default)]
     pub tied_head: bool,
+    /// How the image tokens' embedding rows start: `random` (official N(0, 0.02)) or `codebook` (the
+    /// tokenizer's projected codebook, standardised and randomly projected to the width, so codes that
+    /// decode alike start alike; needs `--tokenizer`).
+    #[serde(default)]
+    pub embedding_init: EmbeddingInit,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EmbeddingInit {
+    #[default]
+    Random,
+    Codebook,
 }
 
 /// AdamW (official: betas 0.9 / 0.95, weight decay 0.01 on every weight) with warmup + cosine per step.

@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::GptConfig;
 use crate::loss::{shifted_inputs, Corruption};
 use crate::model::Gpt;
-pub use config::PriorConfig;
+pub use config::{EmbeddingInit, PriorConfig};
 
 /// What a run folder's `config.toml` holds: the config file plus what the shards fixed. Its hash guards
 /// `--resume` (other shards or another tokenizer are another run).
@@ -103,6 +103,20 @@ pub fn init_tensors(c: &GptConfig, rng: &mut Rng) -> Result<HashMap<String, Tens
     Ok(out)
 }
 
+/// `tok_emb` rows of the image codes from the tokenizer's projected codebook [n_codes, e]: each
+/// channel standardised, then a random N(0, 0.02² / e) projection to the width, so every entry has the
+/// official init's scale and codes that decode alike start alike.
+pub fn codebook_embedding(codebook: &Tensor, width: usize, rng: &mut Rng) -> Result<Tensor> {
+    let cb = codebook.to_dtype(DType::F32)?.to_device(&Device::Cpu)?;
+    let e = cb.dim(1)?;
+    let mean = cb.mean_keepdim(0)?;
+    let centred = cb.broadcast_sub(&mean)?;
+    let std = (centred.sqr()?.mean_keepdim(0)? + 1e-12)?.sqrt()?;
+    let z = centred.broadcast_div(&std)?;
+    let r = rng.randn((e, width), 0.02 / (e as f64).sqrt(), &Device::Cpu)?;
+    Ok(z.matmul(&r)?)
+}
+
 /// A prior training run.
 pub struct PriorTrainer {
     pub trainer: Trainer,
@@ -115,7 +129,15 @@ pub struct PriorTrainer {
 impl PriorTrainer {
     /// Opens a new run in `root` (or continues it with `resume`) on shards `data`; `val` are validation
     /// shards. The shards must come from one tokenizer.
-    pub fn open(prior: PriorConfig, data: TokenSet, val: Option<TokenSet>, root: &Path, resume: bool) -> Result<Self> {
+    /// `codebook`: the tokenizer's projected codebook, for `embedding_init = "codebook"`.
+    pub fn open(
+        prior: PriorConfig,
+        data: TokenSet,
+        val: Option<TokenSet>,
+        codebook: Option<&Tensor>,
+        root: &Path,
+        resume: bool,
+    ) -> Result<Self> {
         let m = &data.manifest;
         if data.is_empty() {
             return Err(Error::invalid("the training shards hold no images"));
@@ -136,7 +158,23 @@ impl PriorTrainer {
         let (run, ckpt) =
             if resume { RunDir::resume(root, &config, &dev)? } else { (RunDir::create(root, &config)?, None) };
         let mut rng = Rng::new(config.prior.train.seed);
-        let (params, tensors) = Params::from_tensors(&init_tensors(&gpt, &mut rng)?, |_| true)?;
+        let mut init = init_tensors(&gpt, &mut rng)?;
+        if config.prior.model.embedding_init == EmbeddingInit::Codebook {
+            let cb = codebook.ok_or_else(|| {
+                Error::config("model.embedding_init", "\"codebook\" needs the tokenizer (--tokenizer)")
+            })?;
+            if cb.dim(0)? != gpt.n_codes {
+                return Err(Error::invalid(format!(
+                    "the tokenizer's codebook has {} rows, the shards {} codes",
+                    cb.dim(0)?,
+                    gpt.n_codes
+                )));
+            }
+            let codes = codebook_embedding(cb, gpt.n_embd, &mut rng)?;
+            let rest = init["tok_emb.weight"].narrow(0, gpt.n_codes, gpt.vocab() - gpt.n_codes)?;
+            init.insert("tok_emb.weight".into(), Tensor::cat(&[&codes, &rest], 0)?);
+        }
+        let (params, tensors) = Params::from_tensors(&init, |_| true)?;
         let model = Gpt::new(Weights::new("init", tensors).var_builder(DType::F32, &dev), &gpt)?;
         let opt = AdamW::new(params.vars.clone(), config.prior.adamw())?;
         let t = &config.prior.train;

@@ -15,6 +15,7 @@ use gen_runtime::Rng;
 use gen_tokenizer::VqModel;
 
 mod fid;
+mod gpt;
 mod kernels;
 mod tokenizer;
 
@@ -50,6 +51,8 @@ type Timed = Box<dyn FnMut() -> Result<()>>;
 #[derive(Default)]
 struct Ctx {
     tokenizer: Option<std::rc::Rc<BenchTokenizer>>,
+    /// The official-size GPT with random weights, in one dtype at a time.
+    gpt: Option<(candle_core::DType, std::rc::Rc<gen_prior::Gpt>)>,
 }
 
 /// The inference model (projection frozen), the trainable model, and its parameters.
@@ -67,6 +70,7 @@ const FAMILIES: &[Family] = &[
     Family { name: "kernels", baseline: "torch_bench.py", items: kernels::ITEMS },
     Family { name: "tokenizer", baseline: "torch_bench.py", items: tokenizer::ITEMS },
     Family { name: "fid", baseline: "fid_bench.py", items: fid::ITEMS },
+    Family { name: "gpt", baseline: "gpt_bench.py", items: gpt::ITEMS },
 ];
 
 fn all_items() -> impl Iterator<Item = (&'static Family, &'static Item)> {
@@ -75,6 +79,16 @@ fn all_items() -> impl Iterator<Item = (&'static Family, &'static Item)> {
 
 pub(super) fn rand(rng: &mut Rng, shape: &[usize], std: f64) -> Result<Tensor> {
     Ok(rng.randn(shape, std, &Device::Cpu)?)
+}
+
+/// The process's peak resident memory (`VmHWM`), in MB; 0 where /proc is not there.
+fn peak_rss_mb() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
 }
 
 fn min_median(ms: &[f64]) -> (f64, f64) {
@@ -134,14 +148,18 @@ pub fn run(a: BenchArgs) -> Result<()> {
     for (family, (name, make)) in &selected {
         let mut f = make(&mut ctx)?;
         f()?; // warm-up
-        let reps = if name.starts_with("tok_") || name.starts_with("fid_") { a.reps.min(3) } else { a.reps };
+        let reps = match name.split('_').next() {
+            Some("tok" | "fid") => a.reps.min(3),
+            Some("gpt") => a.reps.min(2), // one image takes seconds to minutes
+            _ => a.reps,
+        };
         let mut ms = Vec::with_capacity(reps);
         for _ in 0..reps {
             let t = Instant::now();
             f()?;
             ms.push(t.elapsed().as_secs_f64() * 1e3);
         }
-        eprintln!("bench: {name}: {:.1} ms (min)", min_median(&ms).0);
+        eprintln!("bench: {name}: {:.1} ms (min), peak RSS so far {:.0} MB", min_median(&ms).0, peak_rss_mb());
         ours.push((name, family.baseline, ms));
     }
     drop(ctx);

@@ -1,0 +1,128 @@
+#!/usr/bin/env python3
+"""Baseline for the `gen bench` GPT items (family `gpt`), timed the same way as torch_bench.py.
+
+The official GPT-LC size (24 layers, 16 heads, width 1024, vocabulary 101,000 = 100,000 codes + 1,000
+classes, 257 positions, untied head) as Hugging Face `transformers` GPT-2 with random weights: the
+same pre-LN blocks and parameter count up to GPT-2's fused qkv (`c_attn`) and exact-erf GELU
+(`activation_function="gelu"`). One image = 256 tokens after a class token (207), plain multinomial
+sampling at temperature 1 over the first 100,000 logits, as the official evaluation samples.
+
+  * gpt_kv_{f32,f16,bf16}_b{1,16}: with the KV cache (`past_key_values`), weights in that dtype.
+  * gpt_recompute_f32_b1: the official sampler's cost model, the whole prefix every step (no cache).
+
+Needs `pip install torch transformers`. stdout: one JSON line per item, {"name": ..., "ms": [...]};
+logs on stderr. Usage: python3 bench/gpt_bench.py [--threads 2] [--only A,B] [--reps N] [--list]
+"""
+import argparse
+import json
+import os
+import sys
+import time
+
+
+def log(msg):
+    print(msg, file=sys.stderr, flush=True)
+
+
+CODES, CLASSES, STEPS = 100_000, 1000, 256
+_MODELS = {}
+
+
+def model(dtype):
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    if dtype not in _MODELS:
+        _MODELS.clear()  # one 2 GB copy at a time
+        cfg = GPT2Config(vocab_size=CODES + CLASSES, n_positions=257, n_embd=1024, n_layer=24, n_head=16,
+                         activation_function="gelu", tie_word_embeddings=False,
+                         resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+        torch.manual_seed(0)
+        m = GPT2LMHeadModel(cfg).eval().to(dtype)
+        log(f"gpt_bench: {sum(p.numel() for p in m.parameters()):,} parameters in {dtype}")
+        _MODELS[dtype] = m
+    return _MODELS[dtype]
+
+
+def kv_setup(dtype_name, b):
+    import torch
+
+    dtype = getattr(torch, {"f32": "float32", "f16": "float16", "bf16": "bfloat16"}[dtype_name])
+    m = model(dtype)
+
+    def run():
+        g = torch.Generator().manual_seed(0)
+        x = torch.full((b, 1), CODES + 207, dtype=torch.long)
+        past = None
+        with torch.no_grad():
+            for _ in range(STEPS):
+                out = m(input_ids=x, past_key_values=past, use_cache=True)
+                past = out.past_key_values
+                probs = torch.softmax(out.logits[:, -1, :CODES].float(), dim=-1)
+                x = torch.multinomial(probs, 1, generator=g)
+
+    return run
+
+
+def recompute_setup(b):
+    import torch
+
+    m = model(torch.float32)
+
+    def run():
+        g = torch.Generator().manual_seed(0)
+        seq = torch.full((b, 1), CODES + 207, dtype=torch.long)
+        with torch.no_grad():
+            for _ in range(STEPS):
+                logits = m(input_ids=seq, use_cache=False).logits[:, -1, :CODES]
+                seq = torch.cat([seq, torch.multinomial(torch.softmax(logits, -1), 1, generator=g)], 1)
+
+    return run
+
+
+ITEMS = {
+    "gpt_kv_f32_b1": lambda: kv_setup("f32", 1),
+    "gpt_kv_f32_b16": lambda: kv_setup("f32", 16),
+    "gpt_kv_f16_b1": lambda: kv_setup("f16", 1),
+    "gpt_kv_bf16_b1": lambda: kv_setup("bf16", 1),
+    "gpt_recompute_f32_b1": lambda: recompute_setup(1),
+}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--only", default="")
+    ap.add_argument("--reps", type=int, default=2)
+    ap.add_argument("--list", action="store_true")
+    a = ap.parse_args()
+    if a.list:
+        print("\n".join(ITEMS))
+        return
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(var, str(a.threads))
+    import torch
+
+    torch.set_num_threads(a.threads)
+    names = [n for n in a.only.split(",") if n] or list(ITEMS)
+    for name in names:
+        if name not in ITEMS:
+            log(f"unknown item {name}")
+            continue
+        try:
+            run = ITEMS[name]()
+        except ImportError as e:
+            log(f"{name}: skipped ({e})")
+            continue
+        run()  # warm-up
+        ms = []
+        for _ in range(min(a.reps, 2)):
+            t = time.perf_counter()
+            run()
+            ms.append((time.perf_counter() - t) * 1e3)
+        log(f"{name}: {min(ms):.1f} ms (min)")
+        print(json.dumps({"name": name, "ms": ms}), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,70 @@
+//! GPT items: the official GPT-LC size (24 × 16 × 1024, vocabulary 101,000) with random weights, one
+//! image of 256 tokens (class 207) per sequence: our KV-cache sampler in f32 and f16 weights at batch 1
+//! and 16, and the official-style full recompute at batch 1. The baseline (`bench/gpt_bench.py`) is
+//! Hugging Face `transformers` GPT-2 of the same size with its KV cache.
+
+use anyhow::Result;
+use candle_core::{DType, Device};
+use gen_nn::RandomWeights;
+use gen_prior::sample::{generate, generate_recompute, Request, Sampling};
+use gen_prior::{Gpt, GptConfig};
+use gen_runtime::Rng;
+
+use super::{Ctx, Item, Timed};
+
+pub(super) const ITEMS: &[Item] = &[
+    ("gpt_kv_f32_b1", |c| kv(c, DType::F32, 1)),
+    ("gpt_kv_f32_b16", |c| kv(c, DType::F32, 16)),
+    ("gpt_kv_f16_b1", |c| kv(c, DType::F16, 1)),
+    ("gpt_kv_bf16_b1", |c| kv(c, DType::BF16, 1)),
+    ("gpt_recompute_f32_b1", |c| recompute(c, 1)),
+];
+
+/// Tokens per image (16 × 16).
+const STEPS: usize = 256;
+
+fn model(c: &mut Ctx, dtype: DType) -> Result<std::rc::Rc<Gpt>> {
+    if let Some((d, m)) = &c.gpt {
+        if *d == dtype {
+            return Ok(m.clone());
+        }
+    }
+    c.gpt = None; // one copy of the 2 GB of weights at a time
+    eprintln!("bench: building GPT-LC (509,422,592 parameters) with random weights in {dtype:?}…");
+    let rw = RandomWeights::new(0);
+    let m = std::rc::Rc::new(Gpt::new(rw.var_builder(dtype, &Device::Cpu), &GptConfig::official())?);
+    c.gpt = Some((dtype, m.clone()));
+    Ok(m)
+}
+
+/// Plain multinomial sampling at temperature 1 (the official evaluation setting).
+fn kv(c: &mut Ctx, dtype: DType, batch: usize) -> Result<Timed> {
+    let m = model(c, dtype)?;
+    Ok(Box::new(move || {
+        let classes = vec![207; batch];
+        let mut rngs: Vec<Rng> = (0..batch as u64).map(|i| Rng::for_item(0, i)).collect();
+        generate(
+            &m,
+            &Request { classes: &classes, prefix: None, steps: STEPS },
+            &Sampling::default(),
+            &mut rngs,
+            |_| {},
+        )?;
+        Ok(())
+    }))
+}
+
+fn recompute(c: &mut Ctx, batch: usize) -> Result<Timed> {
+    let m = model(c, DType::F32)?;
+    Ok(Box::new(move || {
+        let classes = vec![207; batch];
+        let mut rngs: Vec<Rng> = (0..batch as u64).map(|i| Rng::for_item(0, i)).collect();
+        generate_recompute(
+            &m,
+            &Request { classes: &classes, prefix: None, steps: STEPS },
+            &Sampling::default(),
+            &mut rngs,
+        )?;
+        Ok(())
+    }))
+}
