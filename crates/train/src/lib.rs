@@ -6,6 +6,7 @@
 //! (`trainer`).
 
 pub mod adamw;
+pub mod optim;
 pub mod order;
 pub mod plots;
 pub mod run;
@@ -14,6 +15,7 @@ pub mod trainer;
 pub mod vars;
 
 pub use adamw::{AdamW, AdamWConfig};
+pub use optim::OptimConfig;
 pub use run::{Checkpoint, Progress, RunDir};
 pub use schedule::LrSchedule;
 pub use trainer::{LoopConfig, StepCtx, StepOutput, Trainer};

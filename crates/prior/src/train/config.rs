@@ -3,7 +3,7 @@
 //! shards, so one config trains on any tokenizer's shards.
 
 use gen_runtime::{Error, Result};
-use gen_train::{AdamWConfig, LrSchedule};
+use gen_train::{LrSchedule, OptimConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::config::GptConfig;
@@ -12,7 +12,8 @@ use crate::config::GptConfig;
 #[serde(deny_unknown_fields)]
 pub struct PriorConfig {
     pub model: ModelSection,
-    pub optim: OptimSection,
+    /// AdamW (official: betas 0.9 / 0.95, weight decay 0.01 on every weight), warmup + cosine per step.
+    pub optim: OptimConfig,
     pub train: TrainSection,
 }
 
@@ -42,19 +43,6 @@ pub enum EmbeddingInit {
     #[default]
     Random,
     Codebook,
-}
-
-/// AdamW (official: betas 0.9 / 0.95, weight decay 0.01 on every weight) with warmup + cosine per step.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct OptimSection {
-    pub lr: f64,
-    pub min_lr: f64,
-    pub warmup_steps: u64,
-    pub beta1: f64,
-    pub beta2: f64,
-    pub eps: f64,
-    pub weight_decay: f64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -114,7 +102,7 @@ impl PriorConfig {
         if t.steps == 0 || t.batch_size == 0 {
             return Err(Error::config("train.steps", "steps and batch_size must be at least 1"));
         }
-        self.adamw().validate()?;
+        self.optim.validate()?;
         self.schedule().validate()
     }
 
@@ -136,18 +124,7 @@ impl PriorConfig {
         Ok(c)
     }
 
-    pub fn adamw(&self) -> AdamWConfig {
-        let o = &self.optim;
-        AdamWConfig { lr: o.lr, beta1: o.beta1, beta2: o.beta2, eps: o.eps, weight_decay: o.weight_decay }
-    }
-
     pub fn schedule(&self) -> LrSchedule {
-        let o = &self.optim;
-        LrSchedule::WarmupCosine {
-            lr: o.lr,
-            min_lr: o.min_lr,
-            warmup_steps: o.warmup_steps,
-            total_steps: self.train.steps,
-        }
+        self.optim.schedule(self.train.steps)
     }
 }

@@ -176,7 +176,7 @@ impl PriorTrainer {
         }
         let (params, tensors) = Params::from_tensors(&init, |_| true)?;
         let model = Gpt::new(Weights::new("init", tensors).var_builder(DType::F32, &dev), &gpt)?;
-        let opt = AdamW::new(params.vars.clone(), config.prior.adamw())?;
+        let opt = AdamW::new(params.vars.clone(), config.prior.optim.adamw())?;
         let t = &config.prior.train;
         let loop_cfg =
             LoopConfig { total_steps: t.steps, log_every: t.log_every, checkpoint_every: t.checkpoint_every };

@@ -5,6 +5,7 @@
 use std::path::Path;
 
 use gen_runtime::{Error, Result};
+use gen_train::OptimConfig;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{QuantizerKind, VqConfig};
@@ -17,6 +18,8 @@ pub struct TrainConfig {
     #[serde(default)]
     pub codebook: CodebookSource,
     pub loss: LossConfig,
+    /// Adam for both networks (official: betas (0.5, 0.9), eps 1e-7, no weight decay), a linear warmup
+    /// then a half-cosine to `min_lr` (`util/lr_sched.adjust_learning_rate`, per step instead of per epoch).
     pub optim: OptimConfig,
     pub train: LoopSettings,
 }
@@ -71,19 +74,6 @@ fn yes() -> bool {
     true
 }
 
-/// Adam for both networks (official: betas (0.5, 0.9), eps 1e-7, no weight decay), a linear warmup then a
-/// half-cosine to `min_lr` (`util/lr_sched.adjust_learning_rate`, per step instead of per epoch).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct OptimConfig {
-    pub lr: f64,
-    pub min_lr: f64,
-    pub warmup_steps: u64,
-    pub beta1: f64,
-    pub beta2: f64,
-    pub eps: f64,
-}
-
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LoopSettings {
@@ -118,22 +108,12 @@ impl TrainConfig {
                 format!("the {} quantizer draws its own codebook; remove the file", self.model.quantizer.name()),
             ));
         }
-        let finite_nonneg = [
-            ("loss.rate_q", self.loss.rate_q),
-            ("loss.rate_p", self.loss.rate_p),
-            ("loss.rate_d", self.loss.rate_d),
-            ("optim.lr", self.optim.lr),
-            ("optim.min_lr", self.optim.min_lr),
-            ("optim.eps", self.optim.eps),
-        ];
+        let finite_nonneg =
+            [("loss.rate_q", self.loss.rate_q), ("loss.rate_p", self.loss.rate_p), ("loss.rate_d", self.loss.rate_d)];
         if let Some((field, v)) = finite_nonneg.iter().find(|(_, v)| !(v.is_finite() && *v >= 0.0)) {
             return Err(Error::config(*field, format!("{v} must be a finite number >= 0")));
         }
-        for (field, b) in [("optim.beta1", self.optim.beta1), ("optim.beta2", self.optim.beta2)] {
-            if !(0.0..1.0).contains(&b) {
-                return Err(Error::config(field, format!("{b} must be in [0, 1)")));
-            }
-        }
+        self.optim.validate()?;
         if self.train.steps == 0 || self.train.batch_size < 2 {
             return Err(Error::config(
                 "train",

@@ -28,7 +28,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use gen_eval::lpips::Lpips;
 use gen_nn::{Params, Weights};
 use gen_runtime::{Error, Result, Rng};
-use gen_train::adamw::{AdamW, AdamWConfig};
+use gen_train::adamw::AdamW;
 use gen_train::run::{Checkpoint, Progress, RunDir};
 use gen_train::schedule::warmup_cosine;
 use gen_train::vars::{load_vars, var_tensors};
@@ -107,13 +107,7 @@ impl TokenizerTrainer {
         if let Quantizer::Ema(q) = &model.quantizer {
             q.lock().map_err(|_| Error::Invalid("EMA state poisoned".into()))?.updating = true;
         }
-        let adam = AdamWConfig {
-            lr: cfg.optim.lr,
-            beta1: cfg.optim.beta1,
-            beta2: cfg.optim.beta2,
-            eps: cfg.optim.eps,
-            weight_decay: 0.0,
-        };
+        let adam = cfg.optim.adamw();
         let opt_ae = AdamW::new(params.vars.clone(), adam.clone())?;
         let disc = if cfg.loss.rate_d > 0.0 {
             let mut rng = Rng::new(seed ^ 0xD15C);
