@@ -12,6 +12,7 @@
 
 use candle_core::Tensor;
 use gen_runtime::{Error, Rng};
+use rayon::prelude::*;
 
 use crate::model::Gpt;
 
@@ -222,8 +223,12 @@ pub fn generate(
     for step in 0..req.steps {
         let logits = model.forward_last(&input, &mut cache)?.narrow(1, 0, c.n_codes)?;
         let logits = logits.to_dtype(candle_core::DType::F32)?.to_vec2::<f32>()?;
-        let next: Vec<u32> =
-            (0..b).map(|i| choose(&logits[i], cfg.then(|| logits[b + i].as_slice()), sampling, &mut rngs[i])).collect();
+        // each row's filter, softmax and draw on its own generator: in parallel, the same result
+        let next: Vec<u32> = rngs
+            .par_iter_mut()
+            .enumerate()
+            .map(|(i, rng)| choose(&logits[i], cfg.then(|| logits[b + i].as_slice()), sampling, rng))
+            .collect();
         for (row, &t) in out.iter_mut().zip(&next) {
             row.push(t);
         }
