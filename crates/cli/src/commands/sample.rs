@@ -265,13 +265,9 @@ pub fn run(a: SampleArgs) -> Result<()> {
     } else {
         format!("class {class} ({})", classes::short_name(&names[class]))
     };
-    println!(
-        "{what}: {} sample{} each (seed {}) → {}",
-        a.num_samples,
-        if a.num_samples == 1 { "" } else { "s" },
-        a.seed,
-        a.out.display()
-    );
+    let plural = if a.num_samples == 1 { "" } else { "s" };
+    let each = if a.all_classes { " each" } else { "" };
+    println!("{what}: {} sample{plural}{each} (seed {}) → {}", a.num_samples, a.seed, a.out.display());
     Ok(())
 }
 
