@@ -22,12 +22,5 @@ fn main() {
     if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
         std::env::set_var("CANDLE_NUM_THREADS", "1");
     }
-    // Candle asks for its thread count on every matmul and, without RAYON_NUM_THREADS, works it out
-    // from /proc/cpuinfo each time (num_cpus::get_physical): a third of a GPT sampling step was the
-    // kernel formatting that file. Rayon's own default, fixed once here; a user's setting wins.
-    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
-        let n = std::thread::available_parallelism().map_or(1, |n| n.get());
-        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
-    }
     gen_cli::main()
 }
