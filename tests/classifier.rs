@@ -2,22 +2,13 @@
 //! its training on the shared training module (bit-exact resume), and the commands built on it
 //! (`gen fid --features fmnist-classifier`, `gen eval-classes`).
 
+use gen_tests::{assert_ok, run_gen};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use candle_core::Device;
 use gen_data::fmnist::{FashionMnist, DEFAULT_DIR};
 use gen_eval::classifier::load_classifier;
 use gen_eval::classifier_train::evaluate;
-
-fn gen(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_gen")).args(args).current_dir(env!("CARGO_MANIFEST_DIR")).output().unwrap()
-}
-
-fn ok(o: Output) -> String {
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
 
 fn shipped() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("models/fmnist/classifier")
@@ -82,7 +73,7 @@ fn classifier_training_resumes_bit_exactly() {
         .map(|s| s.to_string())
         .collect()
     };
-    let run = |args: Vec<String>| ok(gen(&args.iter().map(String::as_str).collect::<Vec<_>>()));
+    let run = |args: Vec<String>| assert_ok(&run_gen!(&args.iter().map(String::as_str).collect::<Vec<_>>()));
     let (a, b) = (dir.join("a"), dir.join("b"));
     run(common(a.to_str().unwrap(), dir.join("ma").to_str().unwrap(), "12"));
     run(common(b.to_str().unwrap(), dir.join("mb").to_str().unwrap(), "6"));
@@ -111,11 +102,17 @@ fn fid_in_the_classifier_space_and_per_class_accuracy_of_labelled_images() {
     }
     let dir = tmp("fid");
     let (a, b) = (dir.join("a"), dir.join("b"));
-    ok(gen(&["export-fmnist", "--start", "0", "--count", "300", "--out", a.to_str().unwrap()]));
-    ok(gen(&["export-fmnist", "--start", "300", "--count", "300", "--out", b.to_str().unwrap()]));
+    assert_ok(&run_gen!(&["export-fmnist", "--start", "0", "--count", "300", "--out", a.to_str().unwrap()]));
+    assert_ok(&run_gen!(&["export-fmnist", "--start", "300", "--count", "300", "--out", b.to_str().unwrap()]));
     let fid = |x: &Path, y: &Path| -> f64 {
-        let out =
-            ok(gen(&["fid", "--quiet", x.to_str().unwrap(), y.to_str().unwrap(), "--features", "fmnist-classifier"]));
+        let out = assert_ok(&run_gen!(&[
+            "fid",
+            "--quiet",
+            x.to_str().unwrap(),
+            y.to_str().unwrap(),
+            "--features",
+            "fmnist-classifier"
+        ]));
         assert!(out.contains("features fmnist-classifier 128-d, 300 images / 300 images"), "{out}");
         out.split_whitespace().nth(1).unwrap().parse().unwrap()
     };
@@ -135,12 +132,12 @@ fn fid_in_the_classifier_space_and_per_class_accuracy_of_labelled_images() {
     let far = fid(&a, &noise);
     assert!(same * 10.0 < far, "FID real/real {same} should be far below real/noise {far}");
     // labelled images (export-fmnist names): per-class accuracy near the classifier's own
-    let table = ok(gen(&["eval-classes", "--quiet", "--images", a.to_str().unwrap()]));
+    let table = assert_ok(&run_gen!(&["eval-classes", "--quiet", "--images", a.to_str().unwrap()]));
     eprintln!("{table}");
     let mean_row = table.lines().find(|l| l.contains("mean over the")).unwrap();
     let acc: f64 = mean_row.split('|').nth(3).unwrap().trim().trim_end_matches('%').parse().unwrap();
     assert!(acc >= 85.0, "mean accuracy on 300 real test images {acc}%");
-    let o = gen(&["eval-classes", "--images", noise.to_str().unwrap()]);
+    let o = run_gen!(&["eval-classes", "--images", noise.to_str().unwrap()]);
     gen_tests::assert_one_line_error(&o, &["no image is labelled"]);
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -2,17 +2,8 @@
 //! 100,000-entry codebook on the Fashion-MNIST test split (82.35% measured; floor 82%), and reconstructs
 //! what it encodes (28.6 dB PSNR measured on the split; floor 27 dB on its first 500 images).
 
+use gen_tests::{assert_ok, run_gen};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-fn gen(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_gen")).args(args).current_dir(env!("CARGO_MANIFEST_DIR")).output().unwrap()
-}
-
-fn ok(o: Output) -> String {
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
 
 fn shipped() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("models/fmnist/tokenizer")
@@ -35,7 +26,7 @@ fn the_shipped_tokenizer_uses_its_codebook_on_the_test_split() {
         return;
     }
     let hist = std::env::temp_dir().join(format!("gen-demo-usage-{}.png", std::process::id()));
-    let out = ok(gen(&[
+    let out = assert_ok(&run_gen!(&[
         "utilization",
         "--quiet",
         "--tokenizer",
@@ -58,7 +49,7 @@ fn the_shipped_tokenizer_reconstructs_test_images() {
     if !gen_tests::fmnist_installed() {
         return;
     }
-    let out = ok(gen(&[
+    let out = assert_ok(&run_gen!(&[
         "rfid",
         "--quiet",
         "--tokenizer",

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use gen_prior::train::{PriorConfig, PriorTrainer, TokenSet};
+use gen_prior::train::{EmbeddingInit, PriorConfig, PriorTrainer, TokenSet};
 use gen_runtime::progress;
 
 use crate::args::{at_least_one, DeviceArgs};
@@ -44,13 +44,16 @@ pub fn run(a: TrainPriorArgs) -> Result<()> {
     let text = std::fs::read_to_string(&a.config).with_context(|| format!("cannot read {}", a.config.display()))?;
     let cfg = PriorConfig::parse(&text, &a.config)?;
     let data = TokenSet::read(&a.shards, None)?;
-    let codebook = match &a.tokenizer {
-        Some(t) => {
-            data.manifest.check_tokenizer(&a.shards, &gen_tokenizer::tokenizer_sha256(t)?)?;
+    if let Some(t) = &a.tokenizer {
+        data.manifest.check_tokenizer(&a.shards, &gen_tokenizer::tokenizer_sha256(t)?)?;
+    }
+    // the tokenizer itself is loaded only for a codebook-initialised embedding
+    let codebook = match (&a.tokenizer, cfg.model.embedding_init) {
+        (Some(t), EmbeddingInit::Codebook) => {
             let tok = gen_tokenizer::load_tokenizer(t, None, None, candle_core::DType::F32, &candle_core::Device::Cpu)?;
             Some(tok.quantizer.codebook()?)
         }
-        None => None,
+        _ => None,
     };
     let val = a.val_shards.as_ref().map(|v| TokenSet::read(v, Some(cfg.train.val_images))).transpose()?;
     let mut trainer = PriorTrainer::open(cfg, data, val, codebook.as_ref(), &a.out, a.resume)?;
