@@ -247,3 +247,76 @@ pub fn temp_dir(name: &str) -> PathBuf {
     std::fs::create_dir_all(&d).expect("temp dir");
     d
 }
+
+/// One tensor's tolerance in the `{"inputs", "outputs": {name: …}}` files of dit/ and sit/:
+/// `tol` (|x − ref| ≤ tol·max(1, |ref|)), `atol` (+ `rtol`·|ref|), `atol_per_step` (per leading index)
+/// or `exact`.
+#[derive(Clone, Debug)]
+pub enum OutputTol {
+    Scaled(f64),
+    Abs { atol: f64, rtol: f64 },
+    PerStep(Vec<f64>),
+    Exact,
+}
+
+pub struct OutputTolerances(serde_json::Value);
+
+impl OutputTolerances {
+    pub fn open(folder: &Path) -> OutputTolerances {
+        let p = folder.join("tolerances.json");
+        let text = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        OutputTolerances(serde_json::from_str(&text).expect("tolerances.json parses"))
+    }
+
+    pub fn get(&self, name: &str) -> OutputTol {
+        let e = self.0.get("outputs").and_then(|o| o.get(name)).unwrap_or_else(|| panic!("no tolerance for {name}"));
+        let num = |k: &str| e.get(k).and_then(|v| v.as_f64());
+        if let Some(steps) = e.get("atol_per_step").and_then(|v| v.as_array()) {
+            return OutputTol::PerStep(steps.iter().map(|v| v.as_f64().expect("a number")).collect());
+        }
+        if let Some(t) = num("tol") {
+            return OutputTol::Scaled(t);
+        }
+        if e.get("exact").and_then(|v| v.as_bool()) == Some(true) {
+            return OutputTol::Exact;
+        }
+        match (num("atol"), num("rtol")) {
+            (None, None) => panic!("{name}: no tolerance given"),
+            (a, r) => OutputTol::Abs { atol: a.unwrap_or(0.0), rtol: r.unwrap_or(0.0) },
+        }
+    }
+
+    /// Asserts `got` matches `want` within `name`'s tolerance; returns the worst used fraction.
+    pub fn check(&self, name: &str, got: &Tensor, want: &Tensor) -> f64 {
+        match self.get(name) {
+            OutputTol::Exact => {
+                assert_exact(name, got, want);
+                0.0
+            }
+            OutputTol::Abs { atol, rtol } => assert_close(name, got, want, atol, rtol),
+            OutputTol::Scaled(tol) => {
+                assert_eq!(got.dims(), want.dims(), "{name}: shape");
+                let (g, w) = (to_f64(got), to_f64(want));
+                let mut worst = 0f64;
+                for (i, (a, b)) in g.iter().zip(&w).enumerate() {
+                    let lim = tol * b.abs().max(1.0);
+                    let d = (a - b).abs();
+                    assert!(d <= lim, "{name}: element {i}: got {a}, want {b}, |diff| {d:.3e} > {lim:.3e}");
+                    worst = worst.max(d / lim);
+                }
+                eprintln!("parity {name}: {:.1}% of tolerance used", worst * 100.0);
+                worst
+            }
+            OutputTol::PerStep(steps) => {
+                assert_eq!(got.dims(), want.dims(), "{name}: shape");
+                assert_eq!(steps.len(), got.dim(0).unwrap(), "{name}: one tolerance per step");
+                let mut worst = 0f64;
+                for (k, atol) in steps.iter().enumerate() {
+                    let what = format!("{name}[{k}]");
+                    worst = worst.max(assert_close(&what, &got.get(k).unwrap(), &want.get(k).unwrap(), *atol, 0.0));
+                }
+                worst
+            }
+        }
+    }
+}
