@@ -277,7 +277,9 @@ impl OutputTolerances {
         if let Some(t) = num("tol") {
             return OutputTol::Scaled(t);
         }
-        if e.get("exact").and_then(|v| v.as_bool()) == Some(true) {
+        if e.get("exact").and_then(|v| v.as_bool()) == Some(true)
+            || e.get("kind").and_then(|v| v.as_str()) == Some("exact")
+        {
             return OutputTol::Exact;
         }
         match (num("atol"), num("rtol")) {

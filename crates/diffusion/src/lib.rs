@@ -7,6 +7,8 @@ pub mod dit;
 pub mod embed;
 pub mod gaussian;
 pub mod noise;
+pub mod sit;
+pub mod transport;
 
 pub use denoiser::{Denoiser, GuideChannels, Guided};
 pub use dit::{Dit, DitConfig};
