@@ -6,6 +6,7 @@ pub mod denoiser;
 pub mod dit;
 pub mod embed;
 pub mod gaussian;
+pub mod ldm;
 pub mod noise;
 pub mod sit;
 pub mod transport;

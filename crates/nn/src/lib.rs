@@ -22,4 +22,4 @@ pub use conv::Conv2d;
 pub use embedding::Embedding;
 pub use linear::Linear;
 pub use norm::{GroupNorm, LayerNorm};
-pub use weights::{Params, RandomWeights, Weights};
+pub use weights::{Params, RandomWeights, ShapeRecorder, Weights};

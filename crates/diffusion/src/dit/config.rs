@@ -188,6 +188,17 @@ mod tests {
     }
 
     #[test]
+    fn the_network_reads_exactly_the_listed_tensors() {
+        let c = DitConfig::official_lc();
+        let rec = gen_nn::ShapeRecorder::default();
+        crate::dit::Dit::new(rec.var_builder(), &c).unwrap();
+        let mut want: std::collections::HashMap<String, Vec<usize>> = c.tensor_shapes().into_iter().collect();
+        // pos_embed is computed when the weights do not hold it
+        want.remove("pos_embed");
+        assert_eq!(rec.shapes(), want);
+    }
+
+    #[test]
     fn golden_d1_parameter_count() {
         let c = DitConfig {
             input_size: 8,

@@ -46,9 +46,11 @@ impl std::str::FromStr for DiffusionForm {
             "linear" => DiffusionForm::Linear,
             "decreasing" => DiffusionForm::Decreasing,
             "increasing-decreasing" | "inccreasing-decreasing" => DiffusionForm::IncreasingDecreasing,
-            other => return Err(format!(
+            other => {
+                return Err(format!(
                 "unknown diffusion form '{other}' (constant, SBDM, sigma, linear, decreasing, increasing-decreasing)"
-            )),
+            ))
+            }
         })
     }
 }
