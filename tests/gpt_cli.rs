@@ -3,13 +3,11 @@
 //! `train-prior` → model folder → `sample` on synthetic images, exact resume, and every bad input a
 //! one-line error.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use candle_core::Tensor;
 use gen_data::tokens::TokenFile;
-use gen_runtime::imageio::{save_png, RgbImage};
-use gen_runtime::Rng;
-use gen_tests::{assert_ok, assert_one_line_error, fixture, load, run_gen, temp_dir};
+use gen_tests::{assert_ok, assert_one_line_error, class_images, fixture, load, run_gen, temp_dir};
 
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
@@ -87,29 +85,6 @@ fn bad_sampling_options_are_one_line_errors() {
         &run_gen!(&["sample", "--model", s(&gpt), "--class", "1", "--out", o]),
         &["vqgan.* half", "--tokenizer"],
     );
-}
-
-/// 16 images of 64² in two class folders: bright discs ("a") and dark squares ("b").
-fn class_images(dir: &Path) -> PathBuf {
-    let root = dir.join("images");
-    let mut rng = Rng::new(3);
-    for (class, disc) in [("a", true), ("b", false)] {
-        std::fs::create_dir_all(root.join(class)).unwrap();
-        for i in 0..8 {
-            let (cx, cy, r) = (20.0 + 24.0 * rng.uniform(), 20.0 + 24.0 * rng.uniform(), 6.0 + 10.0 * rng.uniform());
-            let mut px = vec![0u8; 64 * 64 * 3];
-            for y in 0..64 {
-                for x in 0..64 {
-                    let (dx, dy): (f64, f64) = (x as f64 - cx, y as f64 - cy);
-                    let inside = if disc { dx.hypot(dy) < r } else { dx.abs().max(dy.abs()) < r };
-                    let v = if inside == disc { 230 } else { 25 };
-                    px[(y * 64 + x) * 3..(y * 64 + x) * 3 + 3].copy_from_slice(&[v, v / 2, 255 - v]);
-                }
-            }
-            save_png(&root.join(class).join(format!("{i}.png")), &RgbImage::new(64, 64, px)).unwrap();
-        }
-    }
-    root
 }
 
 const TINY: &str = "[model]\nn_layer = 1\nn_head = 2\nn_embd = 16\nnull_class = true\ntied_head = true\n\n\

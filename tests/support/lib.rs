@@ -322,3 +322,30 @@ impl OutputTolerances {
         }
     }
 }
+
+/// 16 images of 64² in two class folders: bright discs ("a") and dark squares ("b").
+pub fn class_images(dir: &Path) -> PathBuf {
+    let root = dir.join("images");
+    let mut rng = gen_runtime::Rng::new(3);
+    for (class, disc) in [("a", true), ("b", false)] {
+        std::fs::create_dir_all(root.join(class)).unwrap();
+        for i in 0..8 {
+            let (cx, cy, r) = (20.0 + 24.0 * rng.uniform(), 20.0 + 24.0 * rng.uniform(), 6.0 + 10.0 * rng.uniform());
+            let mut px = vec![0u8; 64 * 64 * 3];
+            for y in 0..64 {
+                for x in 0..64 {
+                    let (dx, dy): (f64, f64) = (x as f64 - cx, y as f64 - cy);
+                    let inside = if disc { dx.hypot(dy) < r } else { dx.abs().max(dy.abs()) < r };
+                    let v = if inside == disc { 230 } else { 25 };
+                    px[(y * 64 + x) * 3..(y * 64 + x) * 3 + 3].copy_from_slice(&[v, v / 2, 255 - v]);
+                }
+            }
+            gen_runtime::imageio::save_png(
+                &root.join(class).join(format!("{i}.png")),
+                &gen_runtime::imageio::RgbImage::new(64, 64, px),
+            )
+            .unwrap();
+        }
+    }
+    root
+}

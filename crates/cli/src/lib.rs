@@ -49,6 +49,8 @@ enum Command {
     TrainTokenizer(train_tokenizer::TrainTokenizerArgs),
     /// Train the GPT prior on token shards (official GPT-LC recipe; class dropout for CFG).
     TrainPrior(train_prior::TrainPriorArgs),
+    /// Train a latent generator (DiT, SiT or LDM) on latent shards, with an EMA of its weights.
+    Train(train::TrainArgs),
     /// Codebook utilisation of a tokenizer on a set of images (active codes, %, perplexity, histogram).
     Utilization(utilization::UtilizationArgs),
     /// The paper's utilisation experiment on the demo domain: five quantizers × codebook sizes, one table.
@@ -75,6 +77,7 @@ pub fn main() {
         Command::InitCodebook(a) => init_codebook::run(a),
         Command::TrainTokenizer(a) => train_tokenizer::run(a),
         Command::TrainPrior(a) => train_prior::run(a),
+        Command::Train(a) => train::run(a),
         Command::Utilization(a) => utilization::run(a),
         Command::CodebookExperiment(a) => codebook_experiment::run(a),
     };

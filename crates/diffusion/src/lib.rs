@@ -7,8 +7,11 @@ pub mod dit;
 pub mod embed;
 pub mod gaussian;
 pub mod ldm;
+pub mod load;
 pub mod noise;
+pub mod sampling;
 pub mod sit;
+pub mod train;
 pub mod transport;
 
 pub use denoiser::{Denoiser, GuideChannels, Guided};

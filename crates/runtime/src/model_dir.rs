@@ -76,6 +76,12 @@ impl ModelDir {
     /// Opens `path` as a folder of kind `expected`: `config.toml` must exist, parse, name that kind and
     /// a format this build reads. Each failure is one line naming the file and what to do.
     pub fn open(path: &Path, expected: ModelKind) -> Result<ModelDir> {
+        Self::open_any(path, &[expected])
+    }
+
+    /// [`ModelDir::open`] for a folder of any of the `allowed` kinds (a generator: DiT, SiT or LDM).
+    pub fn open_any(path: &Path, allowed: &[ModelKind]) -> Result<ModelDir> {
+        let expected = allowed.iter().map(|k| k.name()).collect::<Vec<_>>().join(" | ");
         let cfg_path = path.join(CONFIG_FILE);
         let text = std::fs::read_to_string(&cfg_path).map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => Error::format(
@@ -96,7 +102,7 @@ impl ModelDir {
             }
             None => return Err(Error::format(&cfg_path, format!("no 'kind' (expected kind = \"{expected}\")"))),
         };
-        if kind != expected {
+        if !allowed.contains(&kind) {
             return Err(Error::format(&cfg_path, format!("kind is '{kind}', expected '{expected}'")));
         }
         let format_version = match config.get("format_version") {
@@ -175,6 +181,8 @@ pub struct NewModelDir<'a, A: Serialize> {
     pub architecture: &'a A,
     /// Extra top-level string fields (e.g. `tokenizer = "../tokenizer"`, `tokenizer_sha256`).
     pub extra: Vec<(String, String)>,
+    /// Extra tables (e.g. a generator's recommended `[sampling]`).
+    pub tables: Vec<(String, toml::Value)>,
     pub tensors: &'a [(String, Tensor)],
     /// safetensors `__metadata__`.
     pub metadata: HashMap<String, String>,
@@ -215,6 +223,9 @@ impl<A: Serialize> NewModelDir<'_, A> {
         let arch = toml::Value::try_from(self.architecture)
             .map_err(|e| Error::invalid(format!("cannot write the [{}] table: {e}", self.kind)))?;
         table.insert(self.kind.name().into(), arch);
+        for (k, v) in &self.tables {
+            table.insert(k.clone(), v.clone());
+        }
         let text = toml::to_string(&table).map_err(|e| Error::invalid(format!("cannot write {CONFIG_FILE}: {e}")))?;
         io::write_atomic(&dir.join(CONFIG_FILE), text.as_bytes())?;
         let card = format!(
@@ -247,6 +258,22 @@ fn replace_dir(new: &Path, out: &Path, old: &Path) -> Result<()> {
     Ok(())
 }
 
+/// `target` as a path relative to the folder `from` (both made absolute first): how a model folder
+/// names its paired tokenizer (`tokenizer = "../tokenizer"`).
+pub fn relative_path(target: &Path, from: &Path) -> PathBuf {
+    let abs = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    let (t, f) = (abs(target), abs(from));
+    let common = t.components().zip(f.components()).take_while(|(a, b)| a == b).count();
+    let mut out = PathBuf::new();
+    for _ in f.components().skip(common) {
+        out.push("..");
+    }
+    for c in t.components().skip(common) {
+        out.push(c);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -270,6 +297,7 @@ mod tests {
             kind: ModelKind::Gpt,
             architecture: &arch,
             extra: vec![("tokenizer_sha256".into(), "abc".into())],
+            tables: vec![],
             tensors: &[("w".into(), t)],
             metadata: HashMap::new(),
             card: "# test".into(),

@@ -242,6 +242,7 @@ pub fn write_model_dir(w: &TokenizerWeights, out: &Path, keep_codebook: bool, no
         kind: ModelKind::Tokenizer,
         architecture: c,
         extra: vec![],
+        tables: vec![],
         tensors: &out_tensors,
         metadata: HashMap::from([("format".to_string(), "gen-tokenizer".to_string())]),
         card,

@@ -85,6 +85,13 @@ impl VqModel {
         self.decode(&self.quantizer.embed(indices, h, w)?)
     }
 
+    /// A continuous latent [B, e, h, w] (a DiT / SiT / LDM sample) → images and code ids, as the official
+    /// `vae.decode`: each position snapped to its nearest projected code, then decoded.
+    pub fn decode_latent(&self, z: &Tensor) -> Result<(Tensor, Tensor)> {
+        let q = self.quantizer.quantize(z)?;
+        Ok((self.decode(&q.z_q)?, q.indices))
+    }
+
     /// Encode then decode (images in [−1, 1] → reconstructions, unclamped) and the token ids.
     pub fn reconstruct(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
         let q = self.encode(x)?;

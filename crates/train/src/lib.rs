@@ -6,6 +6,7 @@
 //! (`trainer`).
 
 pub mod adamw;
+pub mod ema;
 pub mod optim;
 pub mod order;
 pub mod plots;
@@ -15,6 +16,7 @@ pub mod trainer;
 pub mod vars;
 
 pub use adamw::{AdamW, AdamWConfig};
+pub use ema::{EmaConfig, WeightEma};
 pub use optim::OptimConfig;
 pub use run::{Checkpoint, Progress, RunDir};
 pub use schedule::LrSchedule;

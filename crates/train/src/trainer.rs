@@ -11,6 +11,7 @@ use gen_runtime::{Error, Result, Rng};
 use serde::{Deserialize, Serialize};
 
 use crate::adamw::AdamW;
+use crate::ema::WeightEma;
 use crate::run::{Checkpoint, Progress, RunDir};
 use crate::schedule::LrSchedule;
 use crate::vars::{load_vars, var_tensors};
@@ -64,6 +65,8 @@ pub struct Trainer {
     pub loop_cfg: LoopConfig,
     pub progress: Progress,
     pub rng: Rng,
+    /// An average of the weights, updated after each step and saved in the same file (`ema.<name>`).
+    pub ema: Option<WeightEma>,
 }
 
 impl Trainer {
@@ -76,12 +79,15 @@ impl Trainer {
         loop_cfg: LoopConfig,
         rng: Rng,
     ) -> Self {
-        Trainer { run, model, opt, schedule, loop_cfg, progress: Progress::default(), rng }
+        Trainer { run, model, opt, schedule, loop_cfg, progress: Progress::default(), rng, ema: None }
     }
 
     /// Takes weights, optimizer state, RNG and progress from `ckpt`.
     pub fn restore(&mut self, ckpt: Checkpoint) -> Result<()> {
         load_vars(&self.model, &ckpt.model, &ckpt.model_path())?;
+        if let Some(ema) = &self.ema {
+            load_vars(&ema.shadow, &ckpt.model, &ckpt.model_path())?;
+        }
         self.opt.load_state_tensors(&ckpt.optimizer, &ckpt.optimizer_path())?;
         self.rng = ckpt.rng;
         self.progress = ckpt.progress;
@@ -90,7 +96,11 @@ impl Trainer {
 
     /// Writes a checkpoint of the current state; returns its folder.
     pub fn checkpoint(&self) -> Result<PathBuf> {
-        self.run.save_checkpoint(&self.progress, &self.rng, &var_tensors(&self.model), &self.opt.state_tensors()?)
+        let mut model = var_tensors(&self.model);
+        if let Some(ema) = &self.ema {
+            model.extend(var_tensors(&ema.shadow));
+        }
+        self.run.save_checkpoint(&self.progress, &self.rng, &model, &self.opt.state_tensors()?)
     }
 
     /// Trains to `loop_cfg.total_steps`.
@@ -131,6 +141,9 @@ impl Trainer {
                 None => out.loss.backward()?,
             };
             self.opt.step(&grads)?;
+            if let Some(ema) = &self.ema {
+                ema.update(&self.model, number)?;
+            }
             self.progress.step = number;
 
             if log_every > 0 && (number.is_multiple_of(log_every) || number == total_steps) {

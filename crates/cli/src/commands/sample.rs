@@ -24,7 +24,8 @@ pub const DEMO_GPT: &str = "models/fmnist/gpt";
 
 #[derive(Args)]
 pub struct SampleArgs {
-    /// `gpt` (the shipped demo prior), a GPT model folder, or an official GPT-LC checkpoint file.
+    /// `gpt`, `dit`, `sit`, `ldm` (the shipped demo models), a model folder, or an official checkpoint
+    /// file (GPT-LC containers; DiT-LC / SiT-LC `.pt` with --kind; LDM-LC Lightning `.ckpt`).
     #[arg(long, default_value = "gpt")]
     pub model: String,
     /// The class to draw (0-based id).
@@ -58,6 +59,25 @@ pub struct SampleArgs {
     /// Classifier-free guidance scale (models trained with a null class).
     #[arg(long)]
     pub cfg_scale: Option<f64>,
+    /// DiT / SiT / LDM: the sampler (ddpm, ddim for DiT and LDM; euler, heun, dopri5, sde for SiT).
+    #[arg(long)]
+    pub sampler: Option<String>,
+    /// DiT / SiT / LDM: chain steps (DDPM / DDIM), integration points (Euler / Heun / SDE) or output
+    /// times (dopri5).
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// DDIM's η (0: deterministic).
+    #[arg(long)]
+    pub eta: Option<f64>,
+    /// Guide only the first three latent channels, as the official DiT/SiT code does (default: all).
+    #[arg(long)]
+    pub official_guidance: bool,
+    /// What a checkpoint file holds when its keys cannot tell: dit or sit (LDM files are recognised).
+    #[arg(long, value_enum)]
+    pub kind: Option<GeneratorKind>,
+    /// Sample with the live weights of a checkpoint instead of its EMA average.
+    #[arg(long)]
+    pub live_weights: bool,
     /// The tokenizer that decodes the tokens (default: the one paired with the model).
     #[arg(long)]
     pub tokenizer: Option<PathBuf>,
@@ -85,6 +105,14 @@ pub struct SampleArgs {
     pub tokens_out: Option<PathBuf>,
     #[command(flatten)]
     pub run: DeviceArgs,
+}
+
+/// The latent generators a checkpoint file may hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum GeneratorKind {
+    Dit,
+    Sit,
+    Ldm,
 }
 
 /// Sampling settings with a name.
@@ -140,7 +168,16 @@ fn model_path(spec: &str) -> Result<PathBuf> {
             }
             Ok(p)
         }
-        "dit" | "sit" | "ldm" => bail!("--model {spec}: the diffusion generators are not part of this build yet"),
+        "dit" | "sit" | "ldm" => {
+            let p = PathBuf::from(format!("models/fmnist/{spec}"));
+            if !p.exists() {
+                bail!(
+                    "--model {spec}: {} not found (run gen from the project folder, or pass the model folder)",
+                    p.display()
+                );
+            }
+            Ok(p)
+        }
         other => Ok(PathBuf::from(other)),
     }
 }
@@ -181,8 +218,7 @@ fn paired_tokenizer(a: &SampleArgs, gpt: &GptWeights) -> Result<(TokenizerWeight
 }
 
 /// The class names: `--classes`, the model's own, or the usual ones for its class count.
-fn class_names(a: &SampleArgs, gpt: &GptWeights) -> Result<Vec<String>> {
-    let n = gpt.config.n_classes;
+pub(super) fn class_names(a: &SampleArgs, n: usize, own: &[String]) -> Result<Vec<String>> {
     let names = match &a.classes {
         Some(p) => {
             let text = std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?;
@@ -192,14 +228,14 @@ fn class_names(a: &SampleArgs, gpt: &GptWeights) -> Result<Vec<String>> {
             }
             names
         }
-        None if !gpt.config.class_names.is_empty() => gpt.config.class_names.clone(),
+        None if !own.is_empty() => own.to_vec(),
         None => classes::default_for(n).unwrap_or_else(|| (0..n).map(|i| format!("class {i}")).collect()),
     };
     Ok(names)
 }
 
 /// `--class` checked against the range, or `--prompt` resolved by name.
-fn pick_class(a: &SampleArgs, names: &[String]) -> Result<usize> {
+pub(super) fn pick_class(a: &SampleArgs, names: &[String]) -> Result<usize> {
     let n = names.len();
     if let Some(p) = &a.prompt {
         let Some((c, _)) = classes::resolve(p, names) else { bail!("--prompt is empty") };
@@ -214,15 +250,35 @@ fn pick_class(a: &SampleArgs, names: &[String]) -> Result<usize> {
     Ok(c)
 }
 
+/// Whether `path` is a DiT / SiT / LDM (a folder of that kind, or a file with `--kind`) rather than a GPT.
+fn is_generator(a: &SampleArgs, path: &Path) -> bool {
+    if a.kind.is_some() {
+        return true;
+    }
+    let kind = std::fs::read_to_string(path.join("config.toml"))
+        .ok()
+        .and_then(|t| t.parse::<toml::Table>().ok())
+        .and_then(|t| t.get("kind").and_then(|k| k.as_str()).map(str::to_owned));
+    matches!(kind.as_deref(), Some("dit" | "sit" | "ldm")) || (path.is_file() && gen_diffusion_file(path))
+}
+
+/// A checkpoint file that is an LDM (its keys say so; DiT / SiT files need `--kind`).
+fn gen_diffusion_file(path: &Path) -> bool {
+    matches!(path.extension().and_then(|e| e.to_str()), Some("ckpt"))
+}
+
 pub fn run(a: SampleArgs) -> Result<()> {
+    let path = model_path(&a.model)?;
+    if is_generator(&a, &path) {
+        return super::sample_diffusion::run(&a, &path);
+    }
     let (dev, dtype) = a.run.open()?;
     let quiet = a.run.quiet;
-    let path = model_path(&a.model)?;
     // an explicit tokenizer's codebook size tells an official file's codes from its classes
     let given = a.tokenizer.as_ref().map(|t| read_weights(t, a.codebook.as_deref(), a.resolution)).transpose()?;
     let hints = GptHints { n_codes: given.as_ref().map(|t| t.config.codebook_size), n_head: a.heads };
     let gw = read_gpt(&path, &hints)?;
-    let names = class_names(&a, &gw)?;
+    let names = class_names(&a, gw.config.n_classes, &gw.config.class_names)?;
     let class = pick_class(&a, &names)?;
     let s = sampling(&a, gw.sampling.as_ref());
     let (tw, tok_from) = paired_tokenizer(&a, &gw)?;

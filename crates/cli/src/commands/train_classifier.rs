@@ -107,6 +107,7 @@ pub fn run(a: TrainClassifierArgs) -> Result<()> {
         kind: ModelKind::Classifier,
         architecture: &cfg.model,
         extra: vec![],
+        tables: vec![],
         tensors: &f16,
         metadata: HashMap::from([("format".to_string(), "gen-classifier".to_string())]),
         card,

@@ -299,3 +299,52 @@ pub fn dopri5(
     }
     Ok((out, report))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    fn y0() -> Tensor {
+        Tensor::new(&[1f32, -0.5, 2.0], &Device::Cpu).unwrap()
+    }
+
+    #[test]
+    fn dopri5_integrates_exponential_decay() {
+        // y' = −y: y(1) = y0·e^{−1}
+        let mut f = |_: f64, y: &Tensor| y.neg();
+        let o = Dopri5Options { atol: 1e-9, rtol: 1e-6, max_steps: 1000 };
+        let (out, report) = dopri5(&mut f, &y0(), &[0.0, 0.5, 1.0], &o, &mut |_| Ok(())).unwrap();
+        let want: Vec<f32> = y0().to_vec1::<f32>().unwrap().iter().map(|v| v * (-1f32).exp()).collect();
+        for (g, w) in out[2].to_vec1::<f32>().unwrap().iter().zip(&want) {
+            assert!((g - w).abs() < 2e-6, "{g} vs {w}");
+        }
+        assert!(report.steps.iter().all(|s| s.accepted) && report.eval_t.len() == 2 + 6 * report.steps.len());
+    }
+
+    #[test]
+    fn dopri5_reports_a_solve_that_does_not_converge() {
+        // a stiff drift with a step budget too small: an error naming the time reached, not a hang
+        let mut stiff = |_: f64, y: &Tensor| y * -1.0e4;
+        let o = Dopri5Options { atol: 1e-9, rtol: 1e-9, max_steps: 5 };
+        let err = dopri5(&mut stiff, &y0(), &[0.0, 1.0], &o, &mut |_| Ok(())).unwrap_err().to_string();
+        assert!(err.contains("no convergence after 5 steps") && err.contains("reached t ="), "{err}");
+        // a drift that turns NaN
+        let mut nan = |_: f64, y: &Tensor| y.affine(f64::NAN, 0.0);
+        let err =
+            dopri5(&mut nan, &y0(), &[0.0, 1.0], &Dopri5Options::default(), &mut |_| Ok(())).unwrap_err().to_string();
+        assert!(err.contains("not finite"), "{err}");
+    }
+
+    #[test]
+    fn fixed_grid_solvers_take_n_minus_one_steps() {
+        let mut calls = 0;
+        let mut f = |_: f64, y: &Tensor| {
+            calls += 1;
+            y.neg()
+        };
+        let out = integrate_fixed(&mut f, &y0(), 0.0, 1.0, 10, FixedMethod::Heun2, &mut |_| Ok(())).unwrap();
+        assert_eq!((out.len(), calls), (10, 18));
+        assert_eq!(linspace_f32(0.0, 1.0, 10)[9], 1.0);
+    }
+}

@@ -9,7 +9,7 @@
 pub mod config;
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use candle_core::{DType, Device, Tensor, Var};
 use gen_data::shards::{Manifest, Payload};
@@ -272,7 +272,7 @@ impl PriorTrainer {
     pub fn write_model(&self, out: &Path, tokenizer: Option<&Path>, card: &str) -> Result<String> {
         let mut extra = vec![("tokenizer_sha256".to_string(), self.config.tokenizer_sha256.clone())];
         if let Some(t) = tokenizer {
-            extra.push(("tokenizer".to_string(), relative_to(t, out).display().to_string()));
+            extra.push(("tokenizer".to_string(), gen_runtime::model_dir::relative_path(t, out).display().to_string()));
         }
         let tensors = self.tensors()?;
         let meta = HashMap::from([("format".to_string(), "gen-gpt".to_string())]);
@@ -280,6 +280,7 @@ impl PriorTrainer {
             kind: ModelKind::Gpt,
             architecture: &self.config.gpt,
             extra,
+            tables: vec![],
             tensors: &tensors,
             metadata: meta,
             card: card.to_string(),
@@ -317,19 +318,4 @@ pub fn write_plots(root: &Path) -> Result<()> {
     let lines = gen_train::plots::read_log(root)?;
     let s = gen_train::plots::present(&lines, &[("loss", 1.0), ("val_loss", 1.0)]);
     gen_runtime::plot::line_chart(&root.join("loss.png"), "GPT prior: cross-entropy", "step", "nats per token", &s)
-}
-
-/// `target` as a path relative to the folder `from` (both made absolute first).
-fn relative_to(target: &Path, from: &Path) -> PathBuf {
-    let abs = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
-    let (t, f) = (abs(target), abs(from));
-    let common = t.components().zip(f.components()).take_while(|(a, b)| a == b).count();
-    let mut out = PathBuf::new();
-    for _ in f.components().skip(common) {
-        out.push("..");
-    }
-    for c in t.components().skip(common) {
-        out.push(c);
-    }
-    out
 }

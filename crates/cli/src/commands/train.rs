@@ -1,0 +1,97 @@
+//! `gen train --model dit|sit|ldm`: trains a latent generator on latent shards (`gen tokenize --latents`)
+//! in a run folder that resumes exactly, and writes the EMA weights as a model folder paired with the
+//! tokenizer.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use gen_diffusion::train::{init::parameter_count, DiffusionTrainConfig, DiffusionTrainer, LatentStream};
+use gen_runtime::progress;
+
+use crate::args::{at_least_one, DeviceArgs};
+
+#[derive(Args)]
+pub struct TrainArgs {
+    /// The generator: dit, sit or ldm (must match the config's `model.kind`).
+    #[arg(long)]
+    pub model: String,
+    /// Latent shards to train on (`gen tokenize --latents --out DIR`).
+    #[arg(long)]
+    pub latents: PathBuf,
+    /// The run's config (`configs/diffusion/*.toml`).
+    #[arg(long)]
+    pub config: PathBuf,
+    /// The run folder (config copy, log.jsonl, loss.png, checkpoints/, and the trained model in model/).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// The tokenizer the latents were made with, recorded in the model folder (its sha256 must match).
+    #[arg(long)]
+    pub tokenizer: Option<PathBuf>,
+    /// Continue the run in --out from its newest checkpoint (refused if the config or shards changed).
+    #[arg(long)]
+    pub resume: bool,
+    /// Stop after this many steps in all (the schedule still spans the config's steps); resume later.
+    #[arg(long, value_parser = at_least_one)]
+    pub until: Option<usize>,
+    #[command(flatten)]
+    pub run: DeviceArgs,
+}
+
+pub fn run(a: TrainArgs) -> Result<()> {
+    let _ = a.run.open()?;
+    let text = std::fs::read_to_string(&a.config).with_context(|| format!("cannot read {}", a.config.display()))?;
+    let cfg = DiffusionTrainConfig::parse(&text, &a.config)?;
+    if cfg.kind() != a.model {
+        bail!("--model {}: the config {} trains a {} (model.kind)", a.model, a.config.display(), cfg.kind());
+    }
+    let data = LatentStream::open(&a.latents, cfg.train.seed)?;
+    if let Some(t) = &a.tokenizer {
+        data.manifest.check_tokenizer(&a.latents, &gen_tokenizer::tokenizer_sha256(t)?)?;
+    }
+    let mut trainer = DiffusionTrainer::open(cfg, data, &a.out, a.resume)?;
+    let steps = trainer.config.train.train.steps;
+    let until = a.until.map_or(steps, |u| u as u64).min(steps);
+    let start = trainer.trainer.progress.step;
+    let bar = progress::bar(until.saturating_sub(start), "train", a.run.quiet);
+    let t0 = Instant::now();
+    let mut last = String::new();
+    trainer.train(Some(until), |step, loss| {
+        last = format!("step {step}: loss {loss:.4}");
+        bar.set_position(step - start);
+        bar.set_message(last.clone());
+    })?;
+    bar.finish_and_clear();
+    let secs = t0.elapsed().as_secs_f64();
+    if trainer.trainer.progress.step < steps {
+        println!(
+            "stopped at step {} of {steps} after {secs:.0} s ({last}); continue with --resume",
+            trainer.trainer.progress.step
+        );
+        return Ok(());
+    }
+    let c = &trainer.config;
+    let t = &c.train.train;
+    let (channels, side) = c.arch.latent();
+    let card = format!(
+        "# {} on the {channels}×{side}×{side} latent\n\nTrained by `gen train --model {} --latents {} --config {}` ({steps} steps of batch {}, \
+         {secs:.0} s in this call) on {} images of {} classes.\n\n- {} parameters; EMA decay {}{} (the exported weights)\n\
+         - architecture: `{}`\n",
+        c.train.kind().to_uppercase(),
+        a.model,
+        a.latents.display(),
+        a.config.display(),
+        t.batch_size,
+        c.images,
+        c.arch.num_classes(),
+        parameter_count(&c.arch)?,
+        t.ema.decay,
+        if t.ema.warmup { " with LitEma warm-up" } else { "" },
+        serde_json::to_string(&c.arch)?,
+    );
+    let model_dir = a.out.join("model");
+    trainer.write_model(&model_dir, a.tokenizer.as_deref(), &card)?;
+    println!("trained {steps} steps in {secs:.0} s ({last}); model in {}", model_dir.display());
+    Ok(())
+}
