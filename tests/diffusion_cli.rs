@@ -197,6 +197,24 @@ fn bad_generator_inputs_are_one_line_errors() {
         "--quiet"
     ]));
     assert_one_line_error(&train("dit", &tokens, &cfg, &dir.join("y"), &tok, &[]), &["holds tokens, not latents"]);
+    // the official x·2 − 1 quirk is a flag of latent tokenization, and changes the latents
+    let doubled = dir.join("doubled");
+    assert_ok(&run_gen!(&[
+        "tokenize",
+        "--data",
+        s(&dir.join("images")),
+        "--out",
+        s(&doubled),
+        "--latents",
+        "--official-double-scale",
+        "--tokenizer",
+        s(&tok),
+        "--resolution",
+        "64",
+        "--quiet"
+    ]));
+    let shard = |d: &Path| std::fs::read(d.join("shard-00000.safetensors")).unwrap();
+    assert_ne!(shard(&doubled), shard(&lat));
     // a weights file: DiT or SiT must be said, the head count of an unnamed size too
     let pt = dir.join("weights.safetensors");
     std::fs::copy(model.join("model.safetensors"), &pt).unwrap();

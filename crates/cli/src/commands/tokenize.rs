@@ -33,6 +33,10 @@ pub struct TokenizeArgs {
     /// Store latents in f16 (half the disk; tokens are always U32).
     #[arg(long, requires = "latents")]
     pub f16: bool,
+    /// Reproduce the official DiT-LC / SiT-LC `train.py` quirk: `x·2 − 1` applied to images already in
+    /// [−1, 1], so the tokenizer sees [−3, 1]. Only to match latents of an official run; off by default.
+    #[arg(long, requires = "latents")]
+    pub official_double_scale: bool,
     /// Images per shard.
     #[arg(long, default_value_t = 4096, value_parser = crate::args::at_least_one)]
     pub shard_size: usize,
@@ -126,6 +130,7 @@ pub fn run(a: TokenizeArgs) -> Result<()> {
                     &labels[range.clone()],
                     a.latents,
                     a.f16,
+                    a.official_double_scale,
                     &dev,
                     dtype,
                     &a.model.run,
@@ -184,6 +189,7 @@ fn encode_shard(
     labels: &[u32],
     latents: bool,
     f16: bool,
+    double_scale: bool,
     dev: &candle_core::Device,
     dtype: DType,
     run: &crate::args::DeviceArgs,
@@ -198,6 +204,7 @@ fn encode_shard(
             .map(|&i| Ok(imageio::to_tensor(&imageio::preprocess(&data.image(i)?, size), dev)?))
             .collect::<Result<Vec<_>>>()?;
         let x = Tensor::stack(&x, 0)?.to_dtype(dtype)?;
+        let x = if double_scale { x.affine(2.0, -1.0)? } else { x };
         let outs = gen_nn::batch::par_batch(&x, |xs| {
             if latents {
                 model.encode_latent(xs)

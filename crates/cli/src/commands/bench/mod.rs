@@ -14,6 +14,7 @@ use clap::Args;
 use gen_runtime::Rng;
 use gen_tokenizer::VqModel;
 
+mod diffusion;
 mod fid;
 mod gpt;
 mod kernels;
@@ -71,6 +72,7 @@ const FAMILIES: &[Family] = &[
     Family { name: "tokenizer", baseline: "torch_bench.py", items: tokenizer::ITEMS },
     Family { name: "fid", baseline: "fid_bench.py", items: fid::ITEMS },
     Family { name: "gpt", baseline: "gpt_bench.py", items: gpt::ITEMS },
+    Family { name: "diffusion", baseline: "diffusion_bench.py", items: diffusion::ITEMS },
 ];
 
 fn all_items() -> impl Iterator<Item = (&'static Family, &'static Item)> {
@@ -150,7 +152,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         f()?; // warm-up
         let reps = match name.split('_').next() {
             Some("tok" | "fid") => a.reps.min(3),
-            Some("gpt") => a.reps.min(2), // one image takes seconds to minutes
+            Some("gpt" | "dit" | "ldm") => a.reps.min(2), // seconds to minutes each
             _ => a.reps,
         };
         let mut ms = Vec::with_capacity(reps);
