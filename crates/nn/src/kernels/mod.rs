@@ -36,6 +36,7 @@ pub(crate) mod conv_s1;
 pub mod gemm;
 pub(crate) mod group_norm;
 pub(crate) mod linear_ce;
+pub mod matmul;
 pub(crate) mod pool;
 pub(crate) mod real;
 pub(crate) mod reference;
