@@ -1,8 +1,9 @@
 //! Scaled dot-product attention over token sequences, optionally causal, and a KV cache for decoding.
 //!
 //! Training (any input tracks a gradient): `softmax(q·kᵀ·scale)·v` batched, through our softmax with
-//! backward. Inference: one [Tq × Tk] score block per (batch, head) at a time, so memory is O(T²) not
-//! O(B·H·T²) (a 64-image batch of 16×16 latents would otherwise hold 64 blocks at once).
+//! backward. Inference: batched too while all B·H score blocks fit in 64 MB (DiT/SiT tokens, small
+//! latents: one product instead of thousands of tiny ones), else one [Tq × Tk] block per (batch, head)
+//! at a time, so memory is O(T²) not O(B·H·T²) for large attention maps.
 //!
 //! Decoding (a GPT sampler): each layer keeps a [`KvCache`]; [`KvCache::attend`] appends the new
 //! tokens' keys and values and lets the new queries attend causally to everything cached.
@@ -44,11 +45,13 @@ pub fn attend(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> 
 /// [`attend`] with a mask: q [B, Tq, C], k, v [B, Tk, C]; returns [B, Tq, C].
 pub fn attend_masked(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, mask: Mask) -> Result<Tensor> {
     let (q, k, v) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
-    if q.track_op() || k.track_op() || v.track_op() {
+    // one batched product when every score block fits in 64 MB together (DiT, SiT, small images); block
+    // by block otherwise, so memory stays O(T²) for the tokenizer's large attention maps
+    let (b, tq, tk) = (q.dim(0)?, q.dim(1)?, k.dim(1)?);
+    if q.track_op() || k.track_op() || v.track_op() || b * tq * tk <= 16 << 20 {
         let w = (q.matmul(&k.t()?)? * scale)?; // [B, Tq, Tk]
         return mask.softmax(&w)?.matmul(&v);
     }
-    let b = q.dim(0)?;
     let outs = (0..b)
         .map(|i| {
             let (qi, ki, vi) = (q.get(i)?, k.get(i)?, v.get(i)?);
