@@ -8,7 +8,7 @@ use std::collections::HashMap;
 
 use candle_core::{DType, Tensor};
 use gen_diffusion::denoiser::{Denoiser, GuideChannels, Guided};
-use gen_diffusion::dit::{Dit, DitConfig, DitTrace};
+use gen_diffusion::dit::{Dit, DitTrace};
 use gen_diffusion::embed::{drop_labels, pos_embed_2d, timestep_features};
 use gen_diffusion::gaussian::sample::{sample_loop, GaussianSampler};
 use gen_diffusion::gaussian::{linear_betas, space_timesteps, steps_of, GaussianDiffusion, Schedule};
@@ -26,18 +26,7 @@ impl D1 {
     fn open() -> Option<D1> {
         let root = fixture("dit")?;
         let weights = load(&root.join("d1/weights.safetensors"));
-        let config = DitConfig {
-            input_size: 8,
-            patch_size: 2,
-            in_channels: 8,
-            hidden_size: 64,
-            depth: 2,
-            num_heads: 4,
-            mlp_ratio: 4.0,
-            class_dropout_prob: 0.1,
-            num_classes: 10,
-            learn_sigma: true,
-        };
+        let config = gen_tests::golden_tiny_dit();
         let w = Weights::new("d1", weights);
         let model = Dit::new(w.var_builder(DType::F32, &device()), &config).unwrap();
         assert!(w.unused().is_empty(), "weights the model never read: {:?}", w.unused());

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 
 use candle_core::{DType, Tensor};
 use gen_diffusion::denoiser::{Denoiser, GuideChannels, Guided};
-use gen_diffusion::dit::{DitConfig, DitTrace};
+use gen_diffusion::dit::DitTrace;
 use gen_diffusion::embed::drop_labels;
 use gen_diffusion::noise::ReplayNoise;
 use gen_diffusion::sit::Sit;
@@ -34,18 +34,7 @@ struct S1 {
 impl S1 {
     fn open() -> Option<S1> {
         let root = fixture("sit")?;
-        let config = DitConfig {
-            input_size: 8,
-            patch_size: 2,
-            in_channels: 8,
-            hidden_size: 64,
-            depth: 2,
-            num_heads: 4,
-            mlp_ratio: 4.0,
-            class_dropout_prob: 0.1,
-            num_classes: 10,
-            learn_sigma: true,
-        };
+        let config = gen_tests::golden_tiny_dit();
         let w = Weights::new("s1", load(&root.join("s1/weights.safetensors")));
         let model = Sit::new(w.var_builder(DType::F32, &device()), &config).unwrap();
         assert!(w.unused().is_empty(), "weights the model never read: {:?}", w.unused());

@@ -349,3 +349,20 @@ pub fn class_images(dir: &Path) -> PathBuf {
     }
     root
 }
+
+/// The golden fixtures' tiny DiT / SiT network (`dit/` case d1, `sit/` case s1): 8×8×8 latent, patch 2,
+/// width 64, 2 blocks of 4 heads, 10 classes + the null row, learned sigma.
+pub fn golden_tiny_dit() -> gen_diffusion::DitConfig {
+    gen_diffusion::DitConfig {
+        input_size: 8,
+        patch_size: 2,
+        in_channels: 8,
+        hidden_size: 64,
+        depth: 2,
+        num_heads: 4,
+        mlp_ratio: 4.0,
+        class_dropout_prob: 0.1,
+        num_classes: 10,
+        learn_sigma: true,
+    }
+}

@@ -303,16 +303,7 @@ pub fn run(a: SampleArgs) -> Result<()> {
     let jobs: Vec<(usize, usize)> = wanted.iter().flat_map(|&c| (0..a.num_samples).map(move |i| (c, i))).collect();
     let tokens = draw(&gpt, &jobs, &a, &s, steps, quiet)?;
     let images = decode(&tokenizer, &tokens, side, a.run.batch_size, &dev)?;
-    let cols = if a.all_classes { a.num_samples } else { (images.len() as f64).sqrt().ceil() as usize };
-    let picture = if images.len() == 1 { images[0].clone() } else { imageio::grid(&images, cols).context("grid")? };
-    imageio::save_png(&a.out, &picture)?;
-    if let Some(dir) = &a.out_dir {
-        for (&(c, i), img) in jobs.iter().zip(&images) {
-            let folder = dir.join(super::eval_classes::slug(classes::short_name(&names[c])));
-            std::fs::create_dir_all(&folder).with_context(|| format!("cannot create {}", folder.display()))?;
-            imageio::save_png(&folder.join(format!("{i:05}.png")), img)?;
-        }
-    }
+    write_images(&a, &jobs, &images, &names)?;
     if let Some(t) = &a.tokens_out {
         TokenFile { ids: tokens, grid: (side, side), vocab: Some(codes) }.write(t)?;
     }
@@ -324,6 +315,27 @@ pub fn run(a: SampleArgs) -> Result<()> {
     let plural = if a.num_samples == 1 { "" } else { "s" };
     let each = if a.all_classes { " each" } else { "" };
     println!("{what}: {} sample{plural}{each} (seed {}) → {}", a.num_samples, a.seed, a.out.display());
+    Ok(())
+}
+
+/// The PNG grid (`--out`; one row per class with `--all-classes`) and, with `--out-dir`, every sample as
+/// `DIR/<class>/<index>.png`.
+pub(super) fn write_images(
+    a: &SampleArgs,
+    jobs: &[(usize, usize)],
+    images: &[imageio::RgbImage],
+    names: &[String],
+) -> Result<()> {
+    let cols = if a.all_classes { a.num_samples } else { (images.len() as f64).sqrt().ceil() as usize };
+    let picture = if images.len() == 1 { images[0].clone() } else { imageio::grid(images, cols).context("grid")? };
+    imageio::save_png(&a.out, &picture)?;
+    if let Some(dir) = &a.out_dir {
+        for (&(c, i), img) in jobs.iter().zip(images) {
+            let folder = dir.join(super::eval_classes::slug(classes::short_name(&names[c])));
+            std::fs::create_dir_all(&folder).with_context(|| format!("cannot create {}", folder.display()))?;
+            imageio::save_png(&folder.join(format!("{i:05}.png")), img)?;
+        }
+    }
     Ok(())
 }
 

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use gen_data::classes;
 use gen_data::tokens::TokenFile;
 use gen_diffusion::ldm::load::WeightSet;
@@ -13,7 +13,7 @@ use gen_diffusion::sampling::{GuideMode, SamplingSpec};
 use gen_runtime::{imageio, progress, ModelKind};
 use gen_tokenizer::{read_weights, tokenizer_sha256, TokenizerWeights};
 
-use super::sample::{class_names, pick_class, GeneratorKind, Preset, SampleArgs};
+use super::sample::{class_names, pick_class, write_images, GeneratorKind, Preset, SampleArgs};
 
 /// The preset, else the model folder's recommendation, else the official setting; then the flags.
 fn spec(a: &SampleArgs, kind: ModelKind, recommended: Option<&SamplingSpec>) -> Result<SamplingSpec> {
@@ -117,16 +117,7 @@ pub fn run(a: &SampleArgs, path: &Path) -> Result<()> {
         }
     }
     bar.finish_and_clear();
-    let cols = if a.all_classes { a.num_samples } else { (images.len() as f64).sqrt().ceil() as usize };
-    let picture = if images.len() == 1 { images[0].clone() } else { imageio::grid(&images, cols).context("grid")? };
-    imageio::save_png(&a.out, &picture)?;
-    if let Some(dir) = &a.out_dir {
-        for (&(c, i), img) in jobs.iter().zip(&images) {
-            let folder = dir.join(super::eval_classes::slug(classes::short_name(&names[c])));
-            std::fs::create_dir_all(&folder).with_context(|| format!("cannot create {}", folder.display()))?;
-            imageio::save_png(&folder.join(format!("{i:05}.png")), img)?;
-        }
-    }
+    write_images(a, &jobs, &images, &names)?;
     if let Some(t) = &a.tokens_out {
         let codes = tokenizer.quantizer.codebook_size()?;
         TokenFile { ids, grid: (side, side), vocab: Some(codes) }.write(t)?;
