@@ -13,16 +13,8 @@ diffusers' models in the official VQGAN-LC configurations, random weights, float
 Needs `pip install torch diffusers`. stdout: one JSON line per item, {"name": ..., "ms": [...]};
 logs on stderr. Usage: python3 bench/diffusion_bench.py [--threads 2] [--only A,B] [--reps N] [--list]
 """
-import argparse
-import json
-import os
-import sys
-import time
-
-
-def log(msg):
-    print(msg, file=sys.stderr, flush=True)
-
+import _common
+from _common import log
 
 B = 8
 _MODELS = {}
@@ -109,40 +101,5 @@ ITEMS = {
 }
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--only", default="")
-    ap.add_argument("--reps", type=int, default=2)
-    ap.add_argument("--list", action="store_true")
-    a = ap.parse_args()
-    if a.list:
-        print("\n".join(ITEMS))
-        return
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ.setdefault(var, str(a.threads))
-    import torch
-
-    torch.set_num_threads(a.threads)
-    names = [n for n in a.only.split(",") if n] or list(ITEMS)
-    for name in names:
-        if name not in ITEMS:
-            log(f"unknown item {name}")
-            continue
-        try:
-            run = ITEMS[name]()
-        except ImportError as e:
-            log(f"{name}: skipped ({e})")
-            continue
-        run()  # warm-up
-        ms = []
-        for _ in range(min(a.reps, 2)):
-            t = time.perf_counter()
-            run()
-            ms.append((time.perf_counter() - t) * 1e3)
-        log(f"{name}: {min(ms):.1f} ms (min)")
-        print(json.dumps({"name": name, "ms": ms}), flush=True)
-
-
 if __name__ == "__main__":
-    main()
+    _common.main(ITEMS, reps=2)

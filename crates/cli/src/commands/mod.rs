@@ -20,5 +20,6 @@ mod tokenizer_args;
 pub mod train;
 pub mod train_classifier;
 pub mod train_prior;
+mod train_steps;
 pub mod train_tokenizer;
 pub mod utilization;

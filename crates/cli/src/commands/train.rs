@@ -3,13 +3,11 @@
 //! tokenizer.
 
 use std::path::PathBuf;
-use std::time::Instant;
-
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use gen_diffusion::train::{init::parameter_count, DiffusionTrainConfig, DiffusionTrainer, LatentStream};
-use gen_runtime::progress;
 
+use super::train_steps::{drive, Finished, StepRange};
 use crate::args::{at_least_one, DeviceArgs};
 
 #[derive(Args)]
@@ -52,25 +50,14 @@ pub fn run(a: TrainArgs) -> Result<()> {
     }
     let mut trainer = DiffusionTrainer::open(cfg, data, &a.out, a.resume)?;
     let steps = trainer.config.train.train.steps;
-    let until = a.until.map_or(steps, |u| u as u64).min(steps);
-    let start = trainer.trainer.progress.step;
-    let bar = progress::bar(until.saturating_sub(start), "train", a.run.quiet);
-    let t0 = Instant::now();
-    let mut last = String::new();
-    trainer.train(Some(until), |step, loss| {
-        last = format!("step {step}: loss {loss:.4}");
-        bar.set_position(step - start);
-        bar.set_message(last.clone());
-    })?;
-    bar.finish_and_clear();
-    let secs = t0.elapsed().as_secs_f64();
-    if trainer.trainer.progress.step < steps {
-        println!(
-            "stopped at step {} of {steps} after {secs:.0} s ({last}); continue with --resume",
-            trainer.trainer.progress.step
-        );
+    let range = StepRange::new(trainer.trainer.progress.step, a.until, steps);
+    let Some(Finished { secs, last }) = drive(range, a.run.quiet, |until, on_step| {
+        trainer.train(Some(until), |step, loss| on_step(step, format!("step {step}: loss {loss:.4}")))?;
+        Ok(trainer.trainer.progress.step)
+    })?
+    else {
         return Ok(());
-    }
+    };
     let c = &trainer.config;
     let t = &c.train.train;
     let (channels, side) = c.arch.latent();

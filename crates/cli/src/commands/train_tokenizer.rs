@@ -2,17 +2,16 @@
 //! official recipe, in a run folder that resumes exactly, and writes the trained tokenizer as a model folder.
 
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use anyhow::{bail, Result};
 use clap::Args;
 use gen_data::fmnist::{FashionMnist, DEFAULT_DIR};
 use gen_eval::features::list_images;
-use gen_runtime::progress;
 use gen_tokenizer::train::data::TrainImages;
 use gen_tokenizer::train::{TokenizerTrainer, TrainConfig};
 use gen_tokenizer::write_model_dir;
 
+use super::train_steps::{drive, Finished, StepRange};
 use crate::args::{at_least_one, DeviceArgs};
 
 #[derive(Args)]
@@ -76,32 +75,25 @@ pub fn run(a: TrainTokenizerArgs) -> Result<()> {
     };
     let mut trainer = TokenizerTrainer::open(cfg, &a.out, a.resume, lpips, &dev)?;
     let steps = trainer.cfg.train.steps;
-    let until = a.until.map_or(steps, |u| u as u64).min(steps);
-    let start = trainer.progress.step;
-    let bar = progress::bar(until.saturating_sub(start), "train", a.run.quiet);
-    let t0 = Instant::now();
-    let mut last = String::new();
-    trainer.train(&data, until, |step, f| {
-        let get = |k: &str| f.get(k).and_then(|v| v.as_f64()).unwrap_or(f64::NAN);
-        last = format!(
-            "step {step}: loss {:.4}, rec {:.4}, codes used {:.1}%",
-            get("loss"),
-            get("rec_loss"),
-            100.0 * get("window_utilization")
-        );
-        bar.set_position(step - start);
-        bar.set_message(last.clone());
+    let range = StepRange::new(trainer.progress.step, a.until, steps);
+    let finished = drive(range, a.run.quiet, |until, on_step| {
+        trainer.train(&data, until, |step, f| {
+            let get = |k: &str| f.get(k).and_then(|v| v.as_f64()).unwrap_or(f64::NAN);
+            let summary = format!(
+                "step {step}: loss {:.4}, rec {:.4}, codes used {:.1}%",
+                get("loss"),
+                get("rec_loss"),
+                100.0 * get("window_utilization")
+            );
+            on_step(step, summary)
+        })?;
+        Ok(trainer.progress.step)
     })?;
-    bar.finish_and_clear();
+    // the plots show whatever ran, also when this call stopped before the last step
     gen_tokenizer::train::write_plots(&a.out)?;
-    let secs = t0.elapsed().as_secs_f64();
-    if trainer.progress.step < steps {
-        println!(
-            "stopped at step {} of {steps} after {secs:.0} s ({last}); continue with --resume",
-            trainer.progress.step
-        );
+    let Some(Finished { secs, last }) = finished else {
         return Ok(());
-    }
+    };
     let model_dir = a.out.join("model");
     let note = format!(
         "Trained by `gen train-tokenizer --config {} --data {}` ({} steps of batch {}).",
