@@ -52,6 +52,14 @@ fn f32s(t: &Tensor) -> Tensor {
 }
 
 #[test]
+fn d1_network_size() {
+    // no fixture needed: the count the README gives for the d1 network
+    let c = gen_tests::golden_tiny_dit();
+    assert_eq!(c.parameter_count(), 186_304);
+    assert_eq!(c.null_class(), Some(10));
+}
+
+#[test]
 fn d1_forward_and_intermediates() {
     let Some(d) = D1::open() else { return };
     let (x, t, y) = (d.t("forward", "fwd.x"), d.t("forward", "fwd.t"), d.t("forward", "fwd.y"));

@@ -1,7 +1,7 @@
 //! Where samplers draw their Gaussian noise: seeded per sample from our own RNG (Candle's cannot be
 //! seeded on CPU), or replayed from saved draws (parity with the official trajectories).
 
-use candle_core::{Result, Tensor};
+use candle_core::{DType, Device, Result, Tensor};
 use gen_runtime::Rng;
 
 /// A source of standard-normal tensors shaped like the sampler's state.
@@ -25,17 +25,21 @@ impl SeededNoise {
     pub fn from_rngs(rows: Vec<Rng>) -> Self {
         SeededNoise { rows }
     }
-}
 
-impl Noise for SeededNoise {
-    fn like(&mut self, x: &Tensor) -> Result<Tensor> {
-        let dims = x.dims();
+    /// A draw of the given shape, row i from the i-th RNG.
+    pub fn draw(&mut self, dims: &[usize], dtype: DType, dev: &Device) -> Result<Tensor> {
         if dims.first() != Some(&self.rows.len()) {
             candle_core::bail!("noise: {} seeded rows for a batch of {:?}", self.rows.len(), dims);
         }
         let per: usize = dims[1..].iter().product();
-        let rows = self.rows.iter_mut().map(|r| r.randn(per, 1.0, x.device())).collect::<Result<Vec<_>>>()?;
-        Tensor::cat(&rows, 0)?.reshape(dims)?.to_dtype(x.dtype())
+        let rows = self.rows.iter_mut().map(|r| r.randn(per, 1.0, dev)).collect::<Result<Vec<_>>>()?;
+        Tensor::cat(&rows, 0)?.reshape(dims)?.to_dtype(dtype)
+    }
+}
+
+impl Noise for SeededNoise {
+    fn like(&mut self, x: &Tensor) -> Result<Tensor> {
+        self.draw(x.dims(), x.dtype(), x.device())
     }
 }
 

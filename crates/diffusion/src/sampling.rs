@@ -253,8 +253,11 @@ impl Generator {
         if keys.len() != b {
             candle_core::bail!("sampling: {} noise keys for {b} labels", keys.len());
         }
-        let z = SeededNoise::from_rngs(keys.iter().map(|&k| gen_runtime::Rng::for_item(seed, k)).collect())
-            .like(&Tensor::zeros((b, c, side, side), candle_core::DType::F32, dev)?)?;
+        let z = SeededNoise::from_rngs(keys.iter().map(|&k| gen_runtime::Rng::for_item(seed, k)).collect()).draw(
+            &[b, c, side, side],
+            candle_core::DType::F32,
+            dev,
+        )?;
         let guided = s.cfg_scale != 1.0;
         let channels = match s.guide {
             GuideMode::Official => GuideChannels::OFFICIAL,
@@ -335,5 +338,3 @@ impl Generator {
         out.narrow(0, 0, b)
     }
 }
-
-use crate::noise::Noise as _;

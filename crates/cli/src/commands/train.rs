@@ -2,10 +2,10 @@
 //! in a run folder that resumes exactly, and writes the EMA weights as a model folder paired with the
 //! tokenizer.
 
-use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use gen_diffusion::train::{init::parameter_count, DiffusionTrainConfig, DiffusionTrainer, LatentStream};
+use std::path::PathBuf;
 
 use super::train_steps::{drive, Finished, StepRange};
 use crate::args::{at_least_one, DeviceArgs};

@@ -199,24 +199,6 @@ mod tests {
     }
 
     #[test]
-    fn golden_d1_parameter_count() {
-        let c = DitConfig {
-            input_size: 8,
-            patch_size: 2,
-            in_channels: 8,
-            hidden_size: 64,
-            depth: 2,
-            num_heads: 4,
-            mlp_ratio: 4.0,
-            class_dropout_prob: 0.1,
-            num_classes: 10,
-            learn_sigma: true,
-        };
-        assert_eq!(c.parameter_count(), 186_304);
-        assert_eq!(c.null_class(), Some(10));
-    }
-
-    #[test]
     fn unknown_sizes_are_named_in_the_error() {
         assert_eq!(DitConfig::named("DiT-M/2", 16, 8, 10), Err(DitConfigError::UnknownSize("DiT-M/2".into())));
         assert!(DitConfig::named("DiT-S/3", 16, 8, 10).is_err());
