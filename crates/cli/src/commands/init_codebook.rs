@@ -7,12 +7,12 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use clap::{Args, ValueEnum};
+use gen_clip::vision::{clip_batch, load_clip_vision, ClipVision};
 use gen_data::fmnist::{FashionMnist, CLASS_NAMES, DEFAULT_DIR};
 use gen_eval::classifier::{batch, input, input_gray, load_classifier, Classifier};
 use gen_eval::features::list_images;
 use gen_runtime::imageio::RgbImage;
 use gen_runtime::{progress, Rng};
-use gen_tokenizer::codebook::clip::{clip_batch, load_clip_vision, ClipVision};
 use gen_tokenizer::codebook::{build, Group, KMeansConfig};
 
 use crate::args::{at_least_one, DeviceArgs};

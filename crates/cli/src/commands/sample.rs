@@ -34,6 +34,11 @@ pub struct SampleArgs {
     /// The class by name instead of id ("golden retriever", "sneaker"); the closest name wins.
     #[arg(long, conflicts_with = "class")]
     pub prompt: Option<String>,
+    /// Resolve --prompt by CLIP instead of by spelling: a folder with a Hugging Face CLIP's
+    /// model.safetensors and tokenizer.json (openai/clip-vit-large-patch14); the class whose
+    /// "a photo of a {name}" embeds closest to the prompt wins.
+    #[arg(long)]
+    pub clip: Option<PathBuf>,
     /// Every class: --num-samples of each, one row per class in the grid.
     #[arg(long, conflicts_with_all = ["class", "prompt"])]
     pub all_classes: bool,
@@ -237,7 +242,17 @@ pub(super) fn class_names(a: &SampleArgs, n: usize, own: &[String]) -> Result<Ve
 /// `--class` checked against the range, or `--prompt` resolved by name.
 pub(super) fn pick_class(a: &SampleArgs, names: &[String]) -> Result<usize> {
     let n = names.len();
+    if a.clip.is_some() && a.prompt.is_none() {
+        bail!("--clip resolves --prompt TEXT by CLIP: give the prompt, or drop --clip");
+    }
     if let Some(p) = &a.prompt {
+        if let Some(dir) = &a.clip {
+            let clip = gen_clip::prompt::ClipPrompts::open(dir, &candle_core::Device::Cpu)?;
+            let short: Vec<String> = names.iter().map(|s| classes::short_name(s).to_string()).collect();
+            let (c, cos) = clip.nearest_class(p, &short)?;
+            eprintln!("--prompt {p:?}: CLIP picks class {c} ({}), cosine {cos:.3}", short[c]);
+            return Ok(c);
+        }
         let Some((c, _)) = classes::resolve(p, names) else { bail!("--prompt is empty") };
         return Ok(c);
     }

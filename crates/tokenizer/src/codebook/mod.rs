@@ -5,7 +5,6 @@
 //! The official script joins the per-class files in `os.listdir` order, which is arbitrary; here the
 //! classes are joined in sorted order and the order is recorded in the file's metadata.
 
-pub mod clip;
 pub mod kmeans;
 
 use std::collections::HashMap;

@@ -12,9 +12,11 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::VarBuilder;
-use gen_nn::attention::attend_heads;
+use gen_nn::attention::Mask;
 use gen_nn::{LayerNorm, Linear};
 use gen_runtime::imageio::RgbImage;
+
+use crate::layer::{count_layers, encoder_layers, EncoderLayer};
 
 /// CLIP's normalisation (`clip._transform`), the constants as published.
 #[allow(clippy::excessive_precision)]
@@ -33,31 +35,15 @@ pub struct ClipVisionConfig {
     pub output_dim: usize,
 }
 
-struct Block {
-    ln1: LayerNorm,
-    q: Linear,
-    k: Linear,
-    v: Linear,
-    out: Linear,
-    ln2: LayerNorm,
-    fc1: Linear,
-    fc2: Linear,
-}
-
 pub struct ClipVision {
     pub config: ClipVisionConfig,
     patch_embedding: Tensor,    // [width, 3, p, p], no bias
     class_embedding: Tensor,    // [width]
     position_embedding: Tensor, // [tokens, width]
     pre_ln: LayerNorm,
-    blocks: Vec<Block>,
+    blocks: Vec<EncoderLayer>,
     post_ln: LayerNorm,
     projection: Linear, // width → output_dim, no bias
-}
-
-/// `x · sigmoid(1.702 x)`.
-fn quick_gelu(x: &Tensor) -> Result<Tensor> {
-    x * candle_nn::ops::sigmoid(&(x * 1.702)?)?
 }
 
 impl ClipVisionConfig {
@@ -85,9 +71,7 @@ impl ClipVisionConfig {
                 format!("{} positions is not a square grid + 1, or width {width} is not a multiple of 64", pos[0]),
             ));
         }
-        let layers = (0..)
-            .take_while(|i| shape(&format!("vision_model.encoder.layers.{i}.self_attn.q_proj.weight")).is_some())
-            .count();
+        let layers = count_layers(shape, "vision_model");
         Ok(ClipVisionConfig { width, layers, heads: width / 64, patch: p, image_size: grid * p, output_dim: proj[0] })
     }
 }
@@ -98,22 +82,7 @@ impl ClipVision {
         let tokens = (config.image_size / p).pow(2) + 1;
         let vm = vb.pp("vision_model");
         let emb = vm.pp("embeddings");
-        let blocks = (0..config.layers)
-            .map(|i| {
-                let l = vm.pp("encoder").pp("layers").pp(i);
-                let a = l.pp("self_attn");
-                Ok(Block {
-                    ln1: LayerNorm::new(l.pp("layer_norm1"), w, 1e-5)?,
-                    q: Linear::new(a.pp("q_proj"), w, w)?,
-                    k: Linear::new(a.pp("k_proj"), w, w)?,
-                    v: Linear::new(a.pp("v_proj"), w, w)?,
-                    out: Linear::new(a.pp("out_proj"), w, w)?,
-                    ln2: LayerNorm::new(l.pp("layer_norm2"), w, 1e-5)?,
-                    fc1: Linear::new(l.pp("mlp").pp("fc1"), w, 4 * w)?,
-                    fc2: Linear::new(l.pp("mlp").pp("fc2"), 4 * w, w)?,
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let blocks = encoder_layers(vm.clone(), w, config.layers)?;
         Ok(ClipVision {
             patch_embedding: emb.get((w, 3, p, p), "patch_embedding.weight")?,
             class_embedding: emb.get(w, "class_embedding")?,
@@ -135,13 +104,8 @@ impl ClipVision {
         let cls = self.class_embedding.reshape((1, 1, c.width))?.broadcast_as((b, 1, c.width))?;
         let mut h = Tensor::cat(&[&cls.contiguous()?, &h.contiguous()?], 1)?.broadcast_add(&self.position_embedding)?;
         h = self.pre_ln.forward(&h)?;
-        let scale = 1.0 / ((c.width / c.heads) as f64).sqrt();
         for blk in &self.blocks {
-            let a = blk.ln1.forward(&h)?;
-            let o = attend_heads(&blk.q.forward(&a)?, &blk.k.forward(&a)?, &blk.v.forward(&a)?, c.heads, scale)?;
-            h = (h + blk.out.forward(&o)?)?;
-            let m = blk.fc2.forward(&quick_gelu(&blk.fc1.forward(&blk.ln2.forward(&h)?)?)?)?;
-            h = (h + m)?;
+            h = blk.forward(&h, c.heads, Mask::None)?;
         }
         let h = self.projection.forward(&self.post_ln.forward(&h)?)?;
         h.narrow(1, 1, h.dim(1)? - 1)
@@ -162,20 +126,7 @@ impl ClipVision {
 
 /// Loads the vision half of a CLIP checkpoint (safetensors or a `.pth` state dict).
 pub fn load_clip_vision(path: &Path, dev: &Device) -> gen_runtime::Result<ClipVision> {
-    if !path.exists() {
-        return Err(gen_runtime::Error::io(
-            path,
-            std::io::Error::new(
-                std::io::ErrorKind::NotFound,
-                "not found (CLIP ViT-L/14: model.safetensors of openai/clip-vit-large-patch14 on Hugging Face)",
-            ),
-        ));
-    }
-    let tensors = if path.extension().is_some_and(|e| e == "safetensors") {
-        gen_runtime::io::load_safetensors(path, &Device::Cpu)?
-    } else {
-        gen_runtime::pth::load_state_dict(path, None)?
-    };
+    let tensors = crate::read_weights(path)?;
     let config = ClipVisionConfig::infer(&|k| tensors.get(k).map(|t| t.dims().to_vec())).map_err(|e| e.at(path))?;
     let w = gen_nn::Weights::new(path.display().to_string(), tensors);
     Ok(ClipVision::new(w.var_builder(DType::F32, dev), config)?)
