@@ -126,9 +126,13 @@ pub fn backward_weight<T: Real>(g: &Geom, x: &[T], dy: &[T], dw: &mut [T]) {
     let (ho, wo, kk, k) = (g.ho(), g.wo(), g.kh * g.kw, g.cin * g.kh * g.kw);
     let pitch = ho * pd.wp;
     let (nx, ndy) = (g.cin * pd.plane(), g.cout * pitch);
-    T::with_scratch(nx + ndy + g.cout * g.cin, |buf| {
+    let plane = g.cout * g.cin;
+    T::with_scratch(nx + ndy + kk * plane, |buf| {
         let (xpad, rest) = buf.split_at_mut(nx);
-        let (dyfull, tap) = rest.split_at_mut(ndy); // dY on the padded pitch, zeros past Wo; one tap's dW
+        // dY on the padded pitch (zeros past Wo); every tap's dW summed over the batch, tap-major, so
+        // each GEMM accumulates into a dense [cout, cin] block and dW's [cout, cin, kh·kw] layout is
+        // scattered into once, not once per image
+        let (dyfull, taps) = rest.split_at_mut(ndy);
         for i in 0..g.n {
             pad_image(g, &pd, &x[i * g.cin * g.h * g.w..(i + 1) * g.cin * g.h * g.w], xpad);
             let dyi = &dy[i * g.cout * ho * wo..(i + 1) * g.cout * ho * wo];
@@ -142,17 +146,22 @@ pub fn backward_weight<T: Real>(g: &Geom, x: &[T], dy: &[T], dw: &mut [T]) {
                 for kj in 0..g.kw {
                     let lhs = Mat { ptr: dyfull.as_ptr(), rs: pitch as isize, cs: 1 };
                     let rhs = Mat { ptr: xpad[ki * pd.wp + kj..].as_ptr(), rs: 1, cs: pd.plane() as isize };
-                    // SAFETY: as in `forward`; `tap` is a dense [cout, cin] buffer
-                    unsafe { gemm(g.cout, g.cin, n_valid(g, &pd), tap.as_mut_ptr(), g.cin, 1, false, lhs, rhs) };
-                    let t = ki * g.kw + kj;
-                    for co in 0..g.cout {
-                        for ci in 0..g.cin {
-                            let d = &mut dw[co * k + ci * kk + t];
-                            *d = *d + tap[co * g.cin + ci];
-                        }
-                    }
+                    let tap = &mut taps[(ki * g.kw + kj) * plane..][..plane];
+                    // SAFETY: as in `forward`; `tap` is a dense [cout, cin] block
+                    unsafe { gemm(g.cout, g.cin, n_valid(g, &pd), tap.as_mut_ptr(), g.cin, 1, i > 0, lhs, rhs) };
                 }
             }
         }
+        if g.n == 0 {
+            return;
+        }
+        dw.par_chunks_mut(k).enumerate().for_each(|(co, row)| {
+            for (t, tap) in taps.chunks(plane).enumerate() {
+                let src = &tap[co * g.cin..(co + 1) * g.cin];
+                for (ci, v) in src.iter().enumerate() {
+                    row[ci * kk + t] = row[ci * kk + t] + *v;
+                }
+            }
+        });
     });
 }
