@@ -22,5 +22,12 @@ fn main() {
     if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
         std::env::set_var("CANDLE_NUM_THREADS", "1");
     }
+    // Candle sizes every matmul's thread count from RAYON_NUM_THREADS, and when it is unset re-reads the
+    // CPU topology from /proc on each call (a third of a small-model sampling step in one profile).
+    // Pinning it to rayon's own default changes no thread count and makes the lookup free.
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+    }
     gen_cli::main()
 }
