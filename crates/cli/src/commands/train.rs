@@ -7,7 +7,7 @@ use clap::Args;
 use gen_diffusion::train::{init::parameter_count, DiffusionTrainConfig, DiffusionTrainer, LatentStream};
 use std::path::PathBuf;
 
-use super::train_steps::{drive, Finished, StepRange};
+use super::train_steps::{drive_loss, Finished};
 use crate::args::{at_least_one, DeviceArgs};
 
 #[derive(Args)]
@@ -50,12 +50,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
     }
     let mut trainer = DiffusionTrainer::open(cfg, data, &a.out, a.resume)?;
     let steps = trainer.config.train.train.steps;
-    let range = StepRange::new(trainer.trainer.progress.step, a.until, steps);
-    let Some(Finished { secs, last }) = drive(range, a.run.quiet, |until, on_step| {
-        trainer.train(Some(until), |step, loss| on_step(step, format!("step {step}: loss {loss:.4}")))?;
-        Ok(trainer.trainer.progress.step)
-    })?
-    else {
+    let Some(Finished { secs, last }) = drive_loss(&mut trainer, a.until, steps, a.run.quiet)? else {
         return Ok(());
     };
     let c = &trainer.config;

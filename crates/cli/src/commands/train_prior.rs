@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 use gen_prior::train::{EmbeddingInit, PriorConfig, PriorTrainer, TokenSet};
 
-use super::train_steps::{drive, Finished, StepRange};
+use super::train_steps::{drive_loss, Finished};
 use crate::args::{at_least_one, DeviceArgs};
 
 #[derive(Args)]
@@ -57,12 +57,7 @@ pub fn run(a: TrainPriorArgs) -> Result<()> {
     let val = a.val_shards.as_ref().map(|v| TokenSet::read(v, Some(cfg.train.val_images))).transpose()?;
     let mut trainer = PriorTrainer::open(cfg, data, val, codebook.as_ref(), &a.out, a.resume)?;
     let steps = trainer.config.prior.train.steps;
-    let range = StepRange::new(trainer.trainer.progress.step, a.until, steps);
-    let Some(Finished { secs, last }) = drive(range, a.run.quiet, |until, on_step| {
-        trainer.train(Some(until), |step, loss| on_step(step, format!("step {step}: loss {loss:.4}")))?;
-        Ok(trainer.trainer.progress.step)
-    })?
-    else {
+    let Some(Finished { secs, last }) = drive_loss(&mut trainer, a.until, steps, a.run.quiet)? else {
         return Ok(());
     };
     let g = &trainer.config.gpt;

@@ -52,3 +52,37 @@ pub fn drive(
     }
     Ok(Some(Finished { secs, last }))
 }
+
+/// A trainer whose steps report one loss (`gen train`, `gen train-prior`).
+pub trait LossTrainer {
+    /// The step the run stands at.
+    fn step(&self) -> u64;
+    fn train_until(&mut self, until: u64, on_step: &mut dyn FnMut(u64, f64)) -> anyhow::Result<()>;
+}
+
+impl LossTrainer for gen_diffusion::train::DiffusionTrainer {
+    fn step(&self) -> u64 {
+        self.trainer.progress.step
+    }
+    fn train_until(&mut self, until: u64, on_step: &mut dyn FnMut(u64, f64)) -> anyhow::Result<()> {
+        Ok(self.train(Some(until), on_step)?)
+    }
+}
+
+impl LossTrainer for gen_prior::train::PriorTrainer {
+    fn step(&self) -> u64 {
+        self.trainer.progress.step
+    }
+    fn train_until(&mut self, until: u64, on_step: &mut dyn FnMut(u64, f64)) -> anyhow::Result<()> {
+        Ok(self.train(Some(until), on_step)?)
+    }
+}
+
+/// [`drive`] for a [`LossTrainer`]: "step N: loss L" on the bar.
+pub fn drive_loss(t: &mut impl LossTrainer, until: Option<usize>, steps: u64, quiet: bool) -> Result<Option<Finished>> {
+    let range = StepRange::new(t.step(), until, steps);
+    drive(range, quiet, |until, on_step| {
+        t.train_until(until, &mut |step, loss| on_step(step, format!("step {step}: loss {loss:.4}")))?;
+        Ok(t.step())
+    })
+}
