@@ -200,7 +200,8 @@ fn the_codebook_experiment_trains_evaluates_and_reports_every_run() {
     ] {
         assert!(out.join(f).exists(), "{f}");
     }
-    // a second call reuses the trained runs (it trains nothing) and gives the same table
+    // a second call reuses the trained runs and their saved evaluations, and gives the same table
+    assert!(out.join("lc-80/eval.json").exists() && out.join("vqgan-40/eval.json").exists());
     let table = |out: &str| out[out.find("| quantizer").unwrap()..].to_string();
     let again = ok(gen(&args));
     assert!(!again.contains("trained"), "{again}");

@@ -21,7 +21,7 @@ use gen_tokenizer::train::config::ProjectorInit;
 use gen_tokenizer::train::TrainConfig;
 use gen_tokenizer::usage::CodeUsage;
 use gen_tokenizer::{load_tokenizer, Projector, QuantizerKind};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::datasets::Data;
 use crate::args::DeviceArgs;
@@ -64,7 +64,7 @@ pub struct CodebookExperimentArgs {
 }
 
 /// One run's measurements on the evaluation split.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 struct Row {
     kind: String,
     size: usize,
@@ -189,6 +189,7 @@ pub fn run(a: CodebookExperimentArgs) -> Result<()> {
         bail!("--eval {}: needs at least 2 images", a.eval);
     }
     let mut rows = Vec::new();
+    let mut md = String::new();
     for &size in &a.sizes {
         let codebook = a.out.join(format!("codebook-{size}.safetensors"));
         if a.kinds.iter().any(|k| k.starts_with("lc")) && !codebook.exists() {
@@ -239,10 +240,25 @@ pub fn run(a: CodebookExperimentArgs) -> Result<()> {
                 })?;
                 train_seconds = Some(t0.elapsed().as_secs_f64());
             }
-            let mut row = evaluate(&model_dir, &eval, &a, &dev)?;
-            row.kind = kind.clone();
-            row.size = size;
-            row.train_seconds = train_seconds;
+            // a run is evaluated once per evaluation set: a resumed experiment reads the saved row
+            let saved = run_dir.join("eval.json");
+            let key = format!("{} {:?} {}", a.eval, a.eval_count, a.classifier.display());
+            let cached = std::fs::read_to_string(&saved)
+                .ok()
+                .and_then(|t| serde_json::from_str::<(String, Row)>(&t).ok())
+                .filter(|(k, _)| *k == key)
+                .map(|(_, r)| r);
+            let row = match cached {
+                Some(r) => r,
+                None => {
+                    let mut row = evaluate(&model_dir, &eval, &a, &dev)?;
+                    row.kind = kind.clone();
+                    row.size = size;
+                    row.train_seconds = train_seconds;
+                    gen_runtime::io::write_atomic(&saved, serde_json::to_string(&(&key, &row))?.as_bytes())?;
+                    row
+                }
+            };
             if !quiet {
                 eprintln!(
                     "experiment: {name}: utilisation {:.2}%, rFID {:.3}, PSNR {:.2}",
@@ -252,13 +268,17 @@ pub fn run(a: CodebookExperimentArgs) -> Result<()> {
                 );
             }
             rows.push(row);
+            // the table and plots so far: a long experiment stopped part-way still reports what it has
+            md = report(&a, &rows)?;
         }
     }
-    report(&a, &rows)
+    print!("{md}");
+    println!("results in {}", a.out.display());
+    Ok(())
 }
 
-/// results.json, results.md and the plots.
-fn report(a: &CodebookExperimentArgs, rows: &[Row]) -> Result<()> {
+/// results.json, results.md and the plots for the rows so far; returns the markdown table.
+fn report(a: &CodebookExperimentArgs, rows: &[Row]) -> Result<String> {
     let json = serde_json::to_string_pretty(rows)?;
     gen_runtime::io::write_atomic(&a.out.join("results.json"), json.as_bytes())?;
     let mut md = String::from(
@@ -317,7 +337,5 @@ fn report(a: &CodebookExperimentArgs, rows: &[Row]) -> Result<()> {
             &curves,
         )?;
     }
-    print!("{md}");
-    println!("results in {}", a.out.display());
-    Ok(())
+    Ok(md)
 }
