@@ -70,6 +70,12 @@ fn latents_train_and_sample_each_generator_with_exact_resume() {
         let (whole, parts) = (dir.join(format!("{kind}-whole")), dir.join(format!("{kind}-parts")));
         assert_ok(&train(kind, &lat, &cfg, &whole, &tok, &[]));
         assert!(assert_ok(&train(kind, &lat, &cfg, &parts, &tok, &["--until", "2"])).contains("stopped at step 2"));
+        // a run part-way exports its newest checkpoint without training (or touching the run)
+        let log = std::fs::read(parts.join("log.jsonl")).unwrap();
+        let out = assert_ok(&train(kind, &lat, &cfg, &parts, &tok, &["--resume", "--export-now"]));
+        assert!(out.contains("exported step 2 of"), "{out}");
+        assert!(parts.join("model-step-2/model.safetensors").exists());
+        assert_eq!(std::fs::read(parts.join("log.jsonl")).unwrap(), log);
         assert_ok(&train(kind, &lat, &cfg, &parts, &tok, &["--resume"]));
         let a = std::fs::read(whole.join("model/model.safetensors")).unwrap();
         let b = std::fs::read(parts.join("model/model.safetensors")).unwrap();

@@ -18,7 +18,7 @@ pub mod vars;
 pub use adamw::{AdamW, AdamWConfig};
 pub use ema::{EmaConfig, WeightEma};
 pub use optim::OptimConfig;
-pub use run::{Checkpoint, Progress, RunDir};
+pub use run::{Checkpoint, OpenMode, Progress, RunDir};
 pub use schedule::LrSchedule;
 pub use trainer::{LoopConfig, StepCtx, StepOutput, Trainer};
 pub use vars::{load_vars, named_vars, var_tensors};

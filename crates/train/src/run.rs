@@ -72,6 +72,17 @@ impl Checkpoint {
     }
 }
 
+/// How a trainer opens its run folder.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OpenMode {
+    /// A new run: refuses a folder that holds checkpoints.
+    New,
+    /// Continue from the newest checkpoint ([`RunDir::resume`]).
+    Resume,
+    /// Load the newest checkpoint and write nothing ([`RunDir::inspect`]), e.g. to export it.
+    Inspect,
+}
+
 #[derive(Debug)]
 pub struct RunDir {
     root: PathBuf,
@@ -101,6 +112,19 @@ impl RunDir {
         write_atomic(&run.root.join(CONFIG), text.as_bytes())?;
         write_atomic(&run.root.join(LOG), b"")?;
         Ok(run)
+    }
+
+    /// Opens `root` without writing anything in it (a training process may be writing it): its newest
+    /// checkpoint loaded onto `dev`, or `None`. Refuses a config whose hash differs from the checkpoint's.
+    pub fn inspect<C: Serialize>(
+        root: impl Into<PathBuf>,
+        config: &C,
+        dev: &Device,
+    ) -> Result<(Self, Option<Checkpoint>)> {
+        let (_, config_hash) = config_text(config)?;
+        let run = RunDir { root: root.into(), config_hash, log: None };
+        let ckpt = run.latest()?.map(|dir| run.load_checkpoint(&dir, dev)).transpose()?;
+        Ok((run, ckpt))
     }
 
     /// Opens `root` to continue it with `config`: returns the run and its newest checkpoint loaded onto
@@ -413,6 +437,29 @@ mod tests {
         assert_eq!(name_of(&run.latest().unwrap().unwrap()), "step-00000012");
         std::fs::write(root.join(CHECKPOINTS).join(LATEST), "../../etc").unwrap();
         assert!(run.latest().unwrap_err().to_string().contains("expected a folder step-XXXXXXXX"));
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn inspecting_a_run_loads_its_checkpoint_and_writes_nothing() {
+        let root = temp_root("inspect");
+        let cfg = Cfg { lr: 0.1, name: "a".into() };
+        let mut run = RunDir::create(&root, &cfg).unwrap();
+        assert!(RunDir::inspect(&root, &cfg, &Device::Cpu).unwrap().1.is_none());
+        for step in 1..=3 {
+            run.log(step, &serde_json::json!({"loss": 0.5})).unwrap();
+        }
+        run.save_checkpoint(&Progress { step: 2, ..Default::default() }, &Rng::new(0), &[], &[]).unwrap();
+        // the training process is writing its next checkpoint, and has logged past the last one
+        let in_flight = root.join(CHECKPOINTS).join(".step-00000004.tmp-1");
+        std::fs::create_dir_all(&in_flight).unwrap();
+        let log = std::fs::read(root.join(LOG)).unwrap();
+        let (_, ckpt) = RunDir::inspect(&root, &cfg, &Device::Cpu).unwrap();
+        assert_eq!(ckpt.unwrap().progress.step, 2);
+        assert_eq!(std::fs::read(root.join(LOG)).unwrap(), log);
+        assert!(in_flight.exists());
+        let other = Cfg { lr: 0.2, name: "a".into() };
+        assert!(RunDir::inspect(&root, &other, &Device::Cpu).is_err());
         std::fs::remove_dir_all(&root).unwrap();
     }
 

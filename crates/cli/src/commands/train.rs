@@ -4,7 +4,8 @@
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use gen_diffusion::train::{init::parameter_count, DiffusionTrainConfig, DiffusionTrainer, LatentStream};
+use gen_diffusion::train::{init::parameter_count, DiffusionTrainConfig, DiffusionTrainer, LatentStream, OpenMode};
+
 use std::path::PathBuf;
 
 use super::train_steps::{drive_loss, Finished};
@@ -33,6 +34,10 @@ pub struct TrainArgs {
     /// Stop after this many steps in all (the schedule still spans the config's steps); resume later.
     #[arg(long, value_parser = at_least_one)]
     pub until: Option<usize>,
+    /// Train nothing: write the newest checkpoint's EMA weights as a model folder, RUN/model-step-N, to
+    /// judge a run part-way (needs --resume).
+    #[arg(long, requires = "resume", conflicts_with = "until")]
+    pub export_now: bool,
     #[command(flatten)]
     pub run: DeviceArgs,
 }
@@ -48,22 +53,47 @@ pub fn run(a: TrainArgs) -> Result<()> {
     if let Some(t) = &a.tokenizer {
         data.manifest.check_tokenizer(&a.latents, &gen_tokenizer::tokenizer_sha256(t)?)?;
     }
-    let mut trainer = DiffusionTrainer::open(cfg, data, &a.out, a.resume)?;
+    let mode = match (a.export_now, a.resume) {
+        (true, _) => OpenMode::Inspect,
+        (false, true) => OpenMode::Resume,
+        (false, false) => OpenMode::New,
+    };
+    let mut trainer = DiffusionTrainer::open(cfg, data, &a.out, mode)?;
     let steps = trainer.config.train.train.steps;
+    if a.export_now {
+        let step = trainer.trainer.progress.step;
+        if step == 0 {
+            bail!("--export-now: {} has no checkpoint yet", a.out.display());
+        }
+        let model_dir = a.out.join(format!("model-step-{step}"));
+        trainer.write_model(&model_dir, a.tokenizer.as_deref(), &card(&a, &trainer, step, None)?)?;
+        println!("exported step {step} of {steps}; model in {}", model_dir.display());
+        return Ok(());
+    }
     let Some(Finished { secs, last }) = drive_loss(&mut trainer, a.until, steps, a.run.quiet)? else {
         return Ok(());
     };
+    let model_dir = a.out.join("model");
+    trainer.write_model(&model_dir, a.tokenizer.as_deref(), &card(&a, &trainer, steps, Some(secs))?)?;
+    println!("trained {steps} steps in {secs:.0} s ({last}); model in {}", model_dir.display());
+    Ok(())
+}
+
+/// The model card of a run's weights after `step` steps (`secs`: this call's training time).
+fn card(a: &TrainArgs, trainer: &DiffusionTrainer, step: u64, secs: Option<f64>) -> Result<String> {
     let c = &trainer.config;
     let t = &c.train.train;
     let (channels, side) = c.arch.latent();
-    let card = format!(
-        "# {} on the {channels}×{side}×{side} latent\n\nTrained by `gen train --model {} --latents {} --config {}` ({steps} steps of batch {}, \
-         {secs:.0} s in this call) on {} images of {} classes.\n\n- {} parameters; EMA decay {}{} (the exported weights)\n\
+    let time = secs.map(|s| format!(", {s:.0} s in this call")).unwrap_or_default();
+    Ok(format!(
+        "# {} on the {channels}×{side}×{side} latent\n\nTrained by `gen train --model {} --latents {} --config {}` ({step} of {} steps of batch {}\
+         {time}) on {} images of {} classes.\n\n- {} parameters; EMA decay {}{} (the exported weights)\n\
          - architecture: `{}`\n",
         c.train.kind().to_uppercase(),
         a.model,
         a.latents.display(),
         a.config.display(),
+        t.steps,
         t.batch_size,
         c.images,
         c.arch.num_classes(),
@@ -71,9 +101,5 @@ pub fn run(a: TrainArgs) -> Result<()> {
         t.ema.decay,
         if t.ema.warmup { " with LitEma warm-up" } else { "" },
         serde_json::to_string(&c.arch)?,
-    );
-    let model_dir = a.out.join("model");
-    trainer.write_model(&model_dir, a.tokenizer.as_deref(), &card)?;
-    println!("trained {steps} steps in {secs:.0} s ({last}); model in {}", model_dir.display());
-    Ok(())
+    ))
 }

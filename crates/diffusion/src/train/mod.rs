@@ -29,6 +29,7 @@ use crate::ldm::Ldm;
 use crate::sit::Sit;
 use crate::transport::Transport;
 pub use config::{Arch, DiffusionTrainConfig, ModelSpec, SitArch};
+pub use gen_train::OpenMode;
 pub use stream::LatentStream;
 
 /// A run folder's `config.toml`: the config file plus what the shards fixed (its hash guards `--resume`).
@@ -110,8 +111,8 @@ pub struct DiffusionTrainer {
 }
 
 impl DiffusionTrainer {
-    /// Opens a new run in `root` (or continues it with `resume`) on latent shards `data`.
-    pub fn open(train: DiffusionTrainConfig, data: LatentStream, root: &Path, resume: bool) -> Result<Self> {
+    /// Opens the run in `root` (new, resumed, or only inspected) on latent shards `data`.
+    pub fn open(train: DiffusionTrainConfig, data: LatentStream, root: &Path, mode: OpenMode) -> Result<Self> {
         let m = &data.manifest;
         let (channels, side) = data.latent()?;
         let arch = train.arch(channels, side, m.num_classes)?;
@@ -123,10 +124,10 @@ impl DiffusionTrainer {
             images: data.len(),
         };
         let dev = Device::Cpu;
-        let (run, ckpt) = if resume {
-            gen_train::RunDir::resume(root, &config, &dev)?
-        } else {
-            (gen_train::RunDir::create(root, &config)?, None)
+        let (run, ckpt) = match mode {
+            OpenMode::Resume => gen_train::RunDir::resume(root, &config, &dev)?,
+            OpenMode::Inspect => gen_train::RunDir::inspect(root, &config, &dev)?,
+            OpenMode::New => (gen_train::RunDir::create(root, &config)?, None),
         };
         let t = &config.train.train;
         let mut rng = Rng::new(t.seed);
