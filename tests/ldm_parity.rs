@@ -13,7 +13,10 @@ use gen_diffusion::ldm::ddim::{ddim_sample, ddim_update, guided_eps, DdimSchedul
 use gen_diffusion::ldm::load::{has_ema, ldm_tensors, WeightSet};
 use gen_diffusion::ldm::schedule::LdmSchedule;
 use gen_diffusion::ldm::{Ldm, LdmConfig, UnetConfig};
+use gen_diffusion::load::{read_generator, GeneratorHints};
 use gen_diffusion::noise::{ReplayNoise, ZeroNoise};
+use gen_diffusion::sampling::Generator;
+use gen_diffusion::train::Arch;
 use gen_nn::Weights;
 use gen_runtime::pth::load_state_dict;
 use gen_tests::{assert_close, assert_exact, device, fixture, load, to_f64};
@@ -129,6 +132,16 @@ fn l1_unet_forward_live_and_ema() {
     l.check("forward", "out", &from_ckpt.forward(&f["x"], &t, &f["y"]).unwrap(), &f["out"]);
     let ema = l.build(ldm_tensors(&sd, WeightSet::Ema).unwrap());
     l.check("forward", "out_ema", &ema.forward(&f["x"], &t, &f["y"]).unwrap(), &f["out_ema"]);
+    // `gen sample --model checkpoint.pth --head-channels 16`: the architecture read off the shapes
+    let hints = GeneratorHints { head_channels: Some(16), ..Default::default() };
+    let mut gw = read_generator(&l.root.join("checkpoint.pth"), &hints).unwrap();
+    let Arch::Ldm(got) = &mut gw.arch else { panic!("read as {:?}", gw.arch) };
+    let mut want = l.config.clone();
+    (want.unet.image_size, want.unet.attention_resolutions) = (16, vec![1]); // side: not stored; 4: unreached
+    assert_eq!(*got, want);
+    got.unet.image_size = 8; // l1's latent
+    let Generator::Ldm(m) = gw.build(DType::F32, &device()).unwrap() else { panic!("not an LDM") };
+    l.check("forward", "out_ema", &m.forward(&f["x"], &t, &f["y"]).unwrap(), &f["out_ema"]);
 }
 
 #[test]

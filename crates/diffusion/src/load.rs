@@ -31,6 +31,8 @@ pub struct GeneratorHints {
     pub kind: Option<ModelKind>,
     /// Attention heads of a DiT / SiT not of a named size.
     pub heads: Option<usize>,
+    /// An LDM checkpoint's head width (`num_head_channels`, default 32 as both official configs).
+    pub head_channels: Option<usize>,
     /// Live or EMA weights (official evaluations use the EMA).
     pub weights: Option<WeightSet>,
 }
@@ -96,7 +98,7 @@ pub fn read_generator(path: &Path, hints: &GeneratorHints) -> Result<GeneratorWe
     if raw.keys().any(|k| k.starts_with("model.diffusion_model.")) {
         let set = if set == WeightSet::Ema && !has_ema(&raw) { WeightSet::Live } else { set };
         let tensors = ldm_tensors(&raw, set).map_err(|e| Error::format(path, e.to_string()))?;
-        let arch = Arch::Ldm(ldm_config(path, &tensors)?);
+        let arch = Arch::Ldm(ldm_config(path, &tensors, hints.head_channels.unwrap_or(32))?);
         return Ok(GeneratorWeights {
             source: path.to_path_buf(),
             arch,
@@ -134,22 +136,16 @@ pub fn read_generator(path: &Path, hints: &GeneratorHints) -> Result<GeneratorWe
     })
 }
 
-/// The official LDM config whose UNet takes these latent channels.
-fn ldm_config(path: &Path, t: &HashMap<String, Tensor>) -> Result<LdmConfig> {
-    let key = "model.diffusion_model.input_blocks.0.0.weight";
-    let w = t.get(key).ok_or_else(|| Error::MissingKey {
-        path: path.to_path_buf(),
-        key: key.into(),
-        expected: Some("[256, C, 3, 3]".into()),
-    })?;
-    match w.dims() {
-        [256, 8, 3, 3] => Ok(LdmConfig::official_f16()),
-        [256, 4, 3, 3] => Ok(LdmConfig::official_f8()),
-        other => Err(Error::format(
-            path,
-            format!("{key} has shape {other:?}: not the official f16 ([256, 8, 3, 3]) or f8 ([256, 4, 3, 3]) LDM-LC; export a gen model folder instead"),
-        )),
-    }
+/// The LDM's architecture from its tensors (`LdmConfig::infer`) and the head width, with the LC
+/// tokenizers' latent side for its channels (8 → 16, the f16 tokenizer; else 32, f8).
+fn ldm_config(path: &Path, t: &HashMap<String, Tensor>, head_channels: usize) -> Result<LdmConfig> {
+    let shape = |k: &str| t.get(k).map(|v| v.dims().to_vec());
+    let side = if shape("model.diffusion_model.input_blocks.0.0.weight").and_then(|s| s.get(1).copied()) == Some(8) {
+        16
+    } else {
+        32
+    };
+    LdmConfig::infer(&shape, head_channels, side).map_err(|e| Error::format(path, e.to_string()))
 }
 
 /// A DiT's architecture from its tensors.

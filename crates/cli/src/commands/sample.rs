@@ -92,9 +92,13 @@ pub struct SampleArgs {
     /// The tokenizer's image size, for an official checkpoint (default 256).
     #[arg(long, value_parser = at_least_one)]
     pub resolution: Option<usize>,
-    /// The GPT's head count, when its weights are of no known size.
+    /// The GPT's or DiT's / SiT's head count, when its weights are of no known size.
     #[arg(long, value_parser = at_least_one)]
     pub heads: Option<usize>,
+    /// An LDM checkpoint's attention head width (`num_head_channels`; not stored in the weights; both
+    /// official configs use 32).
+    #[arg(long, value_parser = at_least_one)]
+    pub head_channels: Option<usize>,
     /// Class names, one per line (default: the model's, or ImageNet's for 1,000 classes).
     #[arg(long)]
     pub classes: Option<PathBuf>,

@@ -80,6 +80,7 @@ pub fn run(a: &SampleArgs, path: &Path) -> Result<()> {
             GeneratorKind::Ldm => ModelKind::Ldm,
         }),
         heads: a.heads,
+        head_channels: a.head_channels,
         weights: Some(if a.live_weights { WeightSet::Live } else { WeightSet::Ema }),
     };
     let gw = read_generator(path, &hints)?;

@@ -138,6 +138,89 @@ impl LdmConfig {
     }
 }
 
+impl LdmConfig {
+    /// The architecture of a Lightning checkpoint's UNet and class table from their shapes (`shape(key)`
+    /// with the full `model.diffusion_model.*` / `cond_stage_model.*` keys). Two numbers are not stored
+    /// in the weights: the head width (`num_head_channels`, 32 in both official configs) and the latent
+    /// side (`image_size`, which only sizes the noise); the schedule keeps its defaults. A checkpoint
+    /// whose shapes are an official config's gets that config as it is.
+    pub fn infer(
+        shape: &dyn Fn(&str) -> Option<Vec<usize>>,
+        num_head_channels: usize,
+        image_size: usize,
+    ) -> Result<Self, LdmConfigError> {
+        let unet = |k: &str| shape(&format!("model.diffusion_model.{k}"));
+        let need = |k: &str| unet(k).ok_or_else(|| LdmConfigError(format!("no tensor model.diffusion_model.{k}")));
+        let conv_in = need("input_blocks.0.0.weight")?;
+        let (mc, in_channels) = (conv_in[0], conv_in.get(1).copied().unwrap_or(0));
+        let out_channels = need("out.2.weight")?[0];
+        let (mut channel_mult, mut attention_resolutions) = (Vec::new(), Vec::new());
+        let (mut per_level, mut blocks, mut ds) = (None, 0, 1);
+        for i in 1.. {
+            if unet(&format!("input_blocks.{i}.0.op.weight")).is_some() {
+                // a Downsample closes the level
+                if *per_level.get_or_insert(blocks) != blocks {
+                    return Err(LdmConfigError(format!(
+                        "levels with {} and {blocks} ResBlocks",
+                        per_level.unwrap_or(0)
+                    )));
+                }
+                (blocks, ds) = (0, ds * 2);
+                continue;
+            }
+            let Some(w) = unet(&format!("input_blocks.{i}.0.in_layers.2.weight")) else { break };
+            if blocks == 0 {
+                channel_mult.push(w[0] / mc.max(1));
+            }
+            blocks += 1;
+            if unet(&format!("input_blocks.{i}.1.proj_in.weight")).is_some() && !attention_resolutions.contains(&ds) {
+                attention_resolutions.push(ds);
+            }
+        }
+        let num_res_blocks = *per_level.get_or_insert(blocks);
+        if blocks != num_res_blocks || num_res_blocks == 0 {
+            return Err(LdmConfigError(format!("levels with {num_res_blocks} and {blocks} ResBlocks")));
+        }
+        let transformer_depth = (0..)
+            .take_while(|j| unet(&format!("middle_block.1.transformer_blocks.{j}.attn1.to_q.weight")).is_some())
+            .count();
+        let context_dim = need("middle_block.1.transformer_blocks.0.attn2.to_k.weight")?[1];
+        let classes = shape("cond_stage_model.embedding.weight")
+            .ok_or_else(|| LdmConfigError("no class table cond_stage_model.embedding.weight".into()))?;
+        if classes.get(1) != Some(&context_dim) {
+            return Err(LdmConfigError(format!(
+                "class table {classes:?} does not match the context width {context_dim}"
+            )));
+        }
+        let config = LdmConfig {
+            unet: UnetConfig {
+                image_size,
+                in_channels,
+                out_channels,
+                model_channels: mc,
+                attention_resolutions,
+                num_res_blocks,
+                channel_mult,
+                num_head_channels,
+                transformer_depth,
+                context_dim,
+            },
+            n_classes: classes[0],
+            ..Self::official_f16()
+        };
+        config.validate()?;
+        // the official configs list attention at factors their UNets never reach (f16: 4): same network
+        // (and in their own order)
+        let official = [Self::official_f16(), Self::official_f8()].into_iter().find(|o| {
+            let mut o2 = o.clone();
+            o2.unet.attention_resolutions.retain(|d| config.unet.attention_resolutions.contains(d));
+            o2.unet.attention_resolutions.sort_unstable();
+            o2 == config
+        });
+        Ok(official.unwrap_or(config))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -156,6 +239,32 @@ mod tests {
         assert_eq!((f16 as f64 / 1e4).round() / 100.0, 270.27, "{f16}");
         let f8 = unet_parameters(&LdmConfig::official_f8());
         assert_eq!((f8 as f64 / 1e4).round() / 100.0, 394.98, "{f8}");
+    }
+
+    #[test]
+    fn the_architecture_is_read_off_the_checkpoint_shapes() {
+        let shapes = |c: &LdmConfig| {
+            let rec = ShapeRecorder::default();
+            crate::ldm::Ldm::new(rec.var_builder(), c).unwrap(); // the Lightning keys
+            rec.shapes()
+        };
+        for official in [LdmConfig::official_f16(), LdmConfig::official_f8()] {
+            let m = shapes(&official);
+            let got = LdmConfig::infer(&|k| m.get(k).cloned(), 32, official.unet.image_size).unwrap();
+            assert_eq!(got, official);
+        }
+        // another size: three levels, two blocks, attention at 2 and 4, depth 2, 11 classes
+        let mut c = LdmConfig::official_f8();
+        c.unet.model_channels = 64;
+        c.unet.num_res_blocks = 1;
+        c.unet.attention_resolutions = vec![2, 4]; // inferred in increasing order
+        c.unet.transformer_depth = 2;
+        c.unet.context_dim = 96;
+        c.n_classes = 11;
+        let m = shapes(&c);
+        assert_eq!(LdmConfig::infer(&|k| m.get(k).cloned(), 32, 32).unwrap(), c);
+        let e = LdmConfig::infer(&|_| None, 32, 32).unwrap_err().to_string();
+        assert!(e.contains("input_blocks.0.0.weight"), "{e}");
     }
 
     #[test]
