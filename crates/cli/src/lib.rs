@@ -18,7 +18,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Draw images of a class: the GPT prior samples tokens, the paired tokenizer decodes them.
-    Sample(sample::SampleArgs),
+    Sample(Box<sample::SampleArgs>),
     /// Encode and decode images with a tokenizer; writes `<name>.png` reconstructions.
     Reconstruct(reconstruct::ReconstructArgs),
     /// Turn images into token ids (safetensors `tokens U32 [N, h·w]`).
@@ -61,7 +61,7 @@ enum Command {
 pub fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Sample(a) => sample::run(a),
+        Command::Sample(a) => sample::run(*a),
         Command::Reconstruct(a) => reconstruct::run(a),
         Command::Encode(a) => encode::run(a),
         Command::Tokenize(a) => tokenize::run(a),
