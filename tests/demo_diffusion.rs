@@ -1,5 +1,4 @@
-//! The shipped demo generators (`models/fmnist/{sit,ldm}` today; the DiT joins once it meets the class
-//! accuracy target): each loads from the clone alone with its paired tokenizer, and what it draws is what
+//! The shipped demo generators (`models/fmnist/{dit,sit,ldm}`): each loads from the clone alone with its paired tokenizer, and what it draws is what
 //! was asked for: the shipped classifier judges its samples of three classes with its recommended
 //! sampling (the model cards give all ten classes at 100 samples each; the floor here is 80% on 10 per
 //! class, so seed-to-seed spread does not fail CI).
@@ -9,12 +8,16 @@ use std::path::{Path, PathBuf};
 use gen_diffusion::load::read_generator;
 use gen_tests::{assert_ok, run_gen, temp_dir};
 
-const SHIPPED: [(&str, gen_runtime::ModelKind); 2] =
-    [("sit", gen_runtime::ModelKind::Sit), ("ldm", gen_runtime::ModelKind::Ldm)];
+const SHIPPED: [(&str, gen_runtime::ModelKind); 3] = [
+    ("dit", gen_runtime::ModelKind::Dit),
+    ("sit", gen_runtime::ModelKind::Sit),
+    ("ldm", gen_runtime::ModelKind::Ldm),
+];
 
 /// Three classes each model draws reliably (100% in its model card), by id and name.
 fn classes(kind: &str) -> [(&'static str, &'static str); 3] {
     match kind {
+        "dit" => [("1", "Trouser"), ("8", "Bag"), ("9", "Ankle boot")],
         "sit" => [("1", "Trouser"), ("7", "Sneaker"), ("8", "Bag")],
         _ => [("1", "Trouser"), ("3", "Dress"), ("5", "Sandal")],
     }
