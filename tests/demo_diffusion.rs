@@ -8,11 +8,8 @@ use std::path::{Path, PathBuf};
 use gen_diffusion::load::read_generator;
 use gen_tests::{assert_ok, run_gen, temp_dir};
 
-const SHIPPED: [(&str, gen_runtime::ModelKind); 3] = [
-    ("dit", gen_runtime::ModelKind::Dit),
-    ("sit", gen_runtime::ModelKind::Sit),
-    ("ldm", gen_runtime::ModelKind::Ldm),
-];
+const SHIPPED: [(&str, gen_runtime::ModelKind); 3] =
+    [("dit", gen_runtime::ModelKind::Dit), ("sit", gen_runtime::ModelKind::Sit), ("ldm", gen_runtime::ModelKind::Ldm)];
 
 /// Three classes each model draws reliably (100% in its model card), by id and name.
 fn classes(kind: &str) -> [(&'static str, &'static str); 3] {

@@ -337,6 +337,8 @@ mod tests {
         ([1, 4, 9, 9], 1, 7, 3, 1, (0, 3)),  // Inception 1×7
         ([2, 4, 9, 8], 7, 1, 3, 1, (3, 0)),  // Inception 7×1
         ([1, 3, 11, 9], 3, 3, 4, 2, (0, 0)), // Inception 3×3 s2
+        ([5, 3, 4, 6], 3, 3, 2, 1, (1, 1)),  // stride 1, a batch of five (the weight gradient sums them)
+        ([4, 2, 6, 5], 3, 3, 3, 1, (0, 0)),  // stride 1 unpadded
     ];
 
     fn tensors(rng: &mut Rng, x: &[usize], kh: usize, kw: usize, cout: usize, dtype: DType) -> [Tensor; 3] {
