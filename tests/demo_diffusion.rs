@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use gen_diffusion::load::read_generator;
-use gen_tests::{assert_ok, run_gen, temp_dir};
+use gen_tests::{run_gen, temp_dir};
 
 const SHIPPED: [(&str, gen_runtime::ModelKind); 3] =
     [("dit", gen_runtime::ModelKind::Dit), ("sit", gen_runtime::ModelKind::Sit), ("ldm", gen_runtime::ModelKind::Ldm)];
@@ -43,33 +43,9 @@ fn the_shipped_folders_are_intact_and_paired() {
 fn the_shipped_generators_draw_the_requested_classes() {
     let dir = temp_dir("demo-diffusion");
     for (kind, _) in SHIPPED {
-        let samples = dir.join(format!("{kind}-samples"));
-        for (class, _) in classes(kind) {
-            let png = dir.join(format!("{kind}-{class}.png"));
-            let out = assert_ok(&run_gen!(&[
-                "sample",
-                "--model",
-                kind,
-                "--class",
-                class,
-                "--num-samples",
-                "10",
-                "--batch-size",
-                "10",
-                "--out",
-                png.to_str().unwrap(),
-                "--out-dir",
-                samples.to_str().unwrap(),
-                "--quiet"
-            ]));
-            assert!(out.contains(&format!("class {class} (")), "{out}");
-        }
-        let table = assert_ok(&run_gen!(&["eval-classes", "--images", samples.to_str().unwrap(), "--quiet"]));
-        for (_, class) in classes(kind) {
-            let row =
-                table.lines().find(|l| l.starts_with(&format!("| {class} |"))).unwrap_or_else(|| panic!("{table}"));
-            let acc: f64 = row.split('|').nth(3).unwrap().trim().trim_end_matches('%').parse().unwrap();
-            assert!(acc >= 80.0, "{kind} {class}: {acc}% of the samples judged as asked\n{table}");
+        let acc = gen_tests::shipped_class_accuracy(&|a| run_gen!(a), kind, &classes(kind), &dir);
+        for ((_, class), acc) in classes(kind).iter().zip(acc) {
+            assert!(acc >= 80.0, "{kind} {class}: {acc}% of the samples judged as asked");
         }
     }
 }

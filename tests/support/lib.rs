@@ -366,3 +366,45 @@ pub fn golden_tiny_dit() -> gen_diffusion::DitConfig {
         learn_sigma: true,
     }
 }
+
+/// Draws 10 samples of each `(id, name)` class from a shipped model (`gen sample --model MODEL`) into
+/// `dir`, has the shipped classifier judge them (`gen eval-classes`), and returns each class's accuracy
+/// in percent, in the order given. `gen` runs the binary (`&|a| run_gen!(a)`: only an integration test
+/// knows its path).
+pub fn shipped_class_accuracy(
+    gen: &dyn Fn(&[&str]) -> std::process::Output,
+    model: &str,
+    classes: &[(&str, &str)],
+    dir: &Path,
+) -> Vec<f64> {
+    let samples = dir.join(format!("{model}-samples"));
+    for (class, _) in classes {
+        let png = dir.join(format!("{model}-{class}.png"));
+        let out = assert_ok(&gen(&[
+            "sample",
+            "--model",
+            model,
+            "--class",
+            class,
+            "--num-samples",
+            "10",
+            "--batch-size",
+            "10",
+            "--out",
+            png.to_str().unwrap(),
+            "--out-dir",
+            samples.to_str().unwrap(),
+            "--quiet",
+        ]));
+        assert!(out.contains(&format!("class {class} (")), "{out}");
+    }
+    let table = assert_ok(&gen(&["eval-classes", "--images", samples.to_str().unwrap(), "--quiet"]));
+    classes
+        .iter()
+        .map(|(_, name)| {
+            let row =
+                table.lines().find(|l| l.starts_with(&format!("| {name} |"))).unwrap_or_else(|| panic!("{table}"));
+            row.split('|').nth(3).unwrap().trim().trim_end_matches('%').parse().unwrap()
+        })
+        .collect()
+}
