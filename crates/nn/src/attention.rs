@@ -81,11 +81,36 @@ pub fn attend_heads_masked(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, sca
     o.reshape((b, heads, t, c / heads))?.transpose(1, 2)?.reshape((b, t, c))
 }
 
-/// The keys and values of the tokens decoded so far for one attention layer, [B, T, C] each (C holds
-/// all heads), grown along the time axis.
+/// The keys and values of the tokens decoded so far for one attention layer, kept per head
+/// ([B, H, capacity, D], the layout the attention products read) in buffers that grow by doubling, so a
+/// decoding step writes only its new positions instead of re-concatenating and re-splitting the whole
+/// cache (which cost a batch-16 GPT step more in copies than in attention). Inference only: appending
+/// writes into the buffers in place.
 #[derive(Clone, Debug, Default)]
 pub struct KvCache {
-    kv: Option<(Tensor, Tensor)>,
+    kv: Option<Buffers>,
+}
+
+#[derive(Debug)]
+struct Buffers {
+    k: Tensor, // [B, H, capacity, D]
+    v: Tensor,
+    len: usize,
+}
+
+/// A deep copy: appending writes into the buffers in place, so two caches must never share them.
+impl Clone for Buffers {
+    fn clone(&self) -> Self {
+        let copy = |t: &Tensor| t.copy().expect("copying a CPU/GPU buffer of an existing shape");
+        Buffers { k: copy(&self.k), v: copy(&self.v), len: self.len }
+    }
+}
+
+impl Buffers {
+    /// Cached keys and values [B, H, len, D] (views of the buffers).
+    fn views(&self) -> Result<(Tensor, Tensor)> {
+        Ok((self.k.narrow(2, 0, self.len)?, self.v.narrow(2, 0, self.len)?))
+    }
 }
 
 impl KvCache {
@@ -95,36 +120,66 @@ impl KvCache {
 
     /// Cached time steps.
     pub fn len(&self) -> usize {
-        self.kv.as_ref().map_or(0, |(k, _)| k.dims()[1])
+        self.kv.as_ref().map_or(0, |b| b.len)
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    /// The cached keys and values, [B, T, C] each; `None` before the first append.
-    pub fn get(&self) -> Option<(&Tensor, &Tensor)> {
-        self.kv.as_ref().map(|(k, v)| (k, v))
+    /// The cached keys and values, [B, T, C] each (C holds all heads); `None` before the first append.
+    pub fn get(&self) -> Option<Result<(Tensor, Tensor)>> {
+        let buffers = self.kv.as_ref()?;
+        let merge = |x: Tensor| -> Result<Tensor> {
+            let (b, h, t, d) = x.dims4()?;
+            x.transpose(1, 2)?.reshape((b, t, h * d))
+        };
+        Some(buffers.views().and_then(|(k, v)| Ok((merge(k)?, merge(v)?))))
     }
 
-    /// Appends k, v [B, t, C] along time; returns the full k, v [B, len + t, C].
-    pub fn append(&mut self, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
-        let (b, _, c) = k.dims3()?;
+    /// Appends k, v [B, t, H·D] (split into `heads`) along time; returns the cached keys and values
+    /// [B, H, len + t, D].
+    fn append(&mut self, k: &Tensor, v: &Tensor, heads: usize) -> Result<(Tensor, Tensor)> {
         if v.dims3()? != k.dims3()? {
             candle_core::bail!("kv cache: keys {:?} and values {:?} differ in shape", k.dims(), v.dims());
         }
-        let kv = match &self.kv {
-            None => (k.clone(), v.clone()),
-            Some((ck, cv)) => {
-                let (cb, ct, cc) = ck.dims3()?;
-                if (cb, cc) != (b, c) {
-                    candle_core::bail!("kv cache: holds [{cb}, {ct}, {cc}], cannot append {:?}", k.dims());
+        let (b, t, c) = k.dims3()?;
+        if heads == 0 || c % heads != 0 {
+            candle_core::bail!("attention: {c} channels do not split into {heads} heads");
+        }
+        let d = c / heads;
+        let split = |x: &Tensor| x.reshape((b, t, heads, d))?.transpose(1, 2)?.contiguous();
+        let (k, v) = (split(k)?, split(v)?);
+        let len = self.len();
+        let fits = match &self.kv {
+            None => false,
+            Some(buf) => {
+                let (cb, ch, cap, cd) = buf.k.dims4()?;
+                if (cb, ch, cd) != (b, heads, d) {
+                    candle_core::bail!("kv cache: holds [{cb}, {len}, {}], cannot append {:?}", ch * cd, [b, t, c]);
                 }
-                (Tensor::cat(&[ck, k], 1)?, Tensor::cat(&[cv, v], 1)?)
+                len + t <= cap
             }
         };
-        self.kv = Some(kv.clone());
-        Ok(kv)
+        if !fits {
+            // double the capacity (at least 64 steps), carrying the cached steps over once
+            let cap = (2 * (len + t)).max(64);
+            let grown = |old: Option<&Tensor>| -> Result<Tensor> {
+                let buf = Tensor::zeros((b, heads, cap, d), k.dtype(), k.device())?;
+                if let Some(old) = old {
+                    buf.slice_set(&old.narrow(2, 0, len)?.contiguous()?, 2, 0)?;
+                }
+                Ok(buf)
+            };
+            let old = self.kv.take();
+            self.kv =
+                Some(Buffers { k: grown(old.as_ref().map(|o| &o.k))?, v: grown(old.as_ref().map(|o| &o.v))?, len });
+        }
+        let buf = self.kv.as_mut().expect("allocated above");
+        buf.k.slice_set(&k, 2, len)?;
+        buf.v.slice_set(&v, 2, len)?;
+        buf.len = len + t;
+        buf.views()
     }
 
     /// Empties the cache (a new batch of sequences).
@@ -137,8 +192,13 @@ impl KvCache {
     /// and new token i attends to every cached token and to new tokens 0..=i. Returns [B, t, H·D].
     pub fn attend(&mut self, q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, scale: f64) -> Result<Tensor> {
         let offset = self.len();
-        let (k, v) = self.append(k, v)?;
-        attend_heads_masked(q, &k, &v, heads, scale, Mask::Causal { offset })
+        let (k, v) = self.append(k, v, heads)?; // [B, H, T, D], views with a stride over the capacity
+        let (b, t, c) = q.dims3()?;
+        let q = q.reshape((b, t, heads, c / heads))?.transpose(1, 2)?.contiguous()?; // [B, H, t, D]
+                                                                                     // the products read the strided views as they are: no copy of the cache
+        let w = (q.matmul(&k.t()?)? * scale)?; // [B, H, t, T]
+        let o = Mask::Causal { offset }.softmax(&w)?.matmul(&v)?; // [B, H, t, D]
+        o.transpose(1, 2)?.reshape((b, t, c))
     }
 }
 
@@ -240,6 +300,29 @@ mod tests {
     }
 
     #[test]
+    fn kv_cache_returns_what_was_appended_across_growth() {
+        let mut r = Rng::new(15);
+        let dev = Device::Cpu;
+        let (b, t, heads, c) = (2, 70, 2, 6); // past the first 64-step buffer
+        let (q, k, v) = (
+            r.randn((b, t, c), 1.0, &dev).unwrap(),
+            r.randn((b, t, c), 1.0, &dev).unwrap(),
+            r.randn((b, t, c), 1.0, &dev).unwrap(),
+        );
+        let mut cache = KvCache::new();
+        let full = attend_heads_masked(&q, &k, &v, heads, 0.5, Mask::causal()).unwrap();
+        let mut steps = Vec::new();
+        for pos in 0..t {
+            let s = |x: &Tensor| x.narrow(1, pos, 1).unwrap();
+            steps.push(cache.attend(&s(&q), &s(&k), &s(&v), heads, 0.5).unwrap());
+        }
+        assert!(max_diff(&Tensor::cat(&steps, 1).unwrap(), &full) < 1e-5);
+        let (ck, cv) = cache.get().unwrap().unwrap();
+        assert_eq!(max_diff(&ck, &k), 0.0);
+        assert_eq!(max_diff(&cv, &v), 0.0);
+    }
+
+    #[test]
     fn causal_attention_equals_masked_composition_with_and_without_offset() {
         let mut r = Rng::new(13);
         let dev = Device::Cpu;
@@ -289,13 +372,15 @@ mod tests {
         let dev = Device::Cpu;
         let mut cache = KvCache::new();
         let kv = Tensor::zeros((2, 1, 8), DType::F32, &dev).unwrap();
-        cache.append(&kv, &kv).unwrap();
+        cache.append(&kv, &kv, 2).unwrap();
         let other = Tensor::zeros((3, 1, 8), DType::F32, &dev).unwrap();
-        let err = cache.append(&other, &other).unwrap_err().to_string();
+        let err = cache.append(&other, &other, 2).unwrap_err().to_string();
         assert!(err.contains("cannot append [3, 1, 8]"), "{err}");
         assert_eq!(cache.len(), 1, "a rejected append leaves the cache as it was");
         let v = Tensor::zeros((2, 1, 4), DType::F32, &dev).unwrap();
-        assert!(cache.append(&kv, &v).is_err());
+        assert!(cache.append(&kv, &v, 2).is_err());
+        let narrower = Tensor::zeros((2, 1, 4), DType::F32, &dev).unwrap();
+        assert!(cache.append(&narrower, &narrower, 2).unwrap_err().to_string().contains("cannot append"));
     }
 
     #[test]

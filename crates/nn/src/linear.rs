@@ -44,7 +44,9 @@ impl Module for Linear {
         let rows = x.elem_count() / in_dim.max(1);
         let x2 = x.reshape((rows, in_dim))?;
         // one GEMM over all rows
-        let y = if on_gen_gemm() {
+        let y = if crate::kernels::skinny::applies(&x2, &self.weight) {
+            crate::kernels::skinny::x_wt(&x2, &self.weight)?
+        } else if on_gen_gemm() {
             crate::kernels::matmul::product(&x2, &self.weight, false, true)?
         } else {
             x2.matmul(&self.weight.t()?)?

@@ -42,6 +42,7 @@ pub(crate) mod real;
 pub(crate) mod reference;
 pub(crate) mod rows;
 pub(crate) mod simd;
+pub(crate) mod skinny;
 #[cfg(test)]
 mod tests;
 
