@@ -1,17 +1,7 @@
 //! Fully connected layer (torch `nn.Linear`).
 
-use std::sync::OnceLock;
-
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
-
-/// Whether `Linear` runs on our GEMM entry point (`kernels::matmul::product`: OpenBLAS when built with
-/// it) instead of Candle's `matmul` (the `gemm` crate): `GEN_LINEAR=gemm`. Off by default until the two
-/// are measured side by side on a quiet machine (BENCHMARKS.md, "Latent generators").
-fn on_gen_gemm() -> bool {
-    static ON: OnceLock<bool> = OnceLock::new();
-    *ON.get_or_init(|| std::env::var("GEN_LINEAR").is_ok_and(|v| v == "gemm"))
-}
 
 /// torch `nn.Linear(in_dim, out_dim, bias)`: `y = x·Wᵀ + b` over the last dimension, any leading dims.
 #[derive(Clone, Debug)]
@@ -43,14 +33,8 @@ impl Module for Linear {
         }
         let rows = x.elem_count() / in_dim.max(1);
         let x2 = x.reshape((rows, in_dim))?;
-        // one GEMM over all rows
-        let y = if crate::kernels::skinny::applies(&x2, &self.weight) {
-            crate::kernels::skinny::x_wt(&x2, &self.weight)?
-        } else if on_gen_gemm() {
-            crate::kernels::matmul::product(&x2, &self.weight, false, true)?
-        } else {
-            x2.matmul(&self.weight.t()?)?
-        };
+        // one product over all rows: the weights streamed for a few rows (decoding), a GEMM otherwise
+        let y = crate::kernels::skinny::x_wt(&x2, &self.weight)?;
         let y = match &self.bias {
             Some(b) => y.broadcast_add(b)?,
             None => y,

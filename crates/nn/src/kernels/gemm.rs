@@ -1,11 +1,11 @@
 //! One GEMM entry point for the CPU kernels: `dst = (accumulate ? dst : 0) + lhs · rhs`, with arbitrary
 //! row/column strides (so transposes are free).
 //!
-//! With the `openblas` feature (the default of the `gen` package; `apt-get install libopenblas-dev`),
-//! calls whose operands have a unit stride on one side go to the system OpenBLAS (`cblas_sgemm` /
-//! `cblas_dgemm`), which was the faster of the two on our conv shapes (BENCHMARKS.md). Everything else,
-//! and every call when built without the feature or run with `GEN_GEMM=rust`, goes to the pure-Rust
-//! `gemm` crate (what Candle uses) on the rayon threads.
+//! The pure-Rust `gemm` crate (what Candle uses), built with its AVX-512 (`x86-v4`) kernels, runs on the
+//! rayon threads. With the `openblas` feature (the default of the `gen` package; `apt-get install
+//! libopenblas-dev`) on a CPU without AVX-512, or with `GEN_GEMM=openblas`, calls whose operands have a
+//! unit stride on one side go to the system OpenBLAS (`cblas_sgemm` / `cblas_dgemm`) instead, which is
+//! the faster of the two where the crate has only AVX2 kernels (BENCHMARKS.md).
 
 use gemm::Parallelism;
 
@@ -184,11 +184,17 @@ mod cblas {
     }
     static SERIAL: std::sync::Mutex<usize> = std::sync::Mutex::new(0);
 
-    /// OpenBLAS unless `GEN_GEMM=rust`; its own thread pool gets as many threads as rayon (so
-    /// `--threads` holds for both).
-    fn enabled() -> bool {
+    /// Whether products go to OpenBLAS: `GEN_GEMM=openblas` or `GEN_GEMM=rust` decide; unset, OpenBLAS
+    /// only on CPUs without AVX-512F, where the `gemm` crate has only its AVX2 kernels and OpenBLAS was
+    /// faster (with AVX-512 the crate's `x86-v4` kernels beat OpenBLAS's Haswell ones 1.5–3×,
+    /// BENCHMARKS.md). Its own thread pool gets as many threads as rayon (so `--threads` holds for both).
+    pub(super) fn enabled() -> bool {
         *ENABLED.get_or_init(|| {
-            let on = std::env::var("GEN_GEMM").map_or(true, |v| v != "rust");
+            let on = match std::env::var("GEN_GEMM").as_deref() {
+                Ok("openblas") => true,
+                Ok("rust") => false,
+                _ => !super::avx512(),
+            };
             if on {
                 // SAFETY: plain setter of the library's thread count
                 unsafe { openblas_set_num_threads(rayon::current_num_threads() as i32) };
@@ -276,10 +282,22 @@ pub fn matmul_abt(m: usize, n: usize, k: usize, a: &[f32], b: &[f32], c: &mut [f
 /// What products run on: `OpenBLAS <core>` or `gemm crate` (for benchmark headers).
 pub fn backend() -> String {
     #[cfg(feature = "openblas")]
-    if std::env::var("GEN_GEMM").map_or(true, |v| v != "rust") {
+    if cblas::enabled() {
         return format!("OpenBLAS {}", cblas::core_name());
     }
-    "gemm crate".into()
+    if avx512() {
+        "gemm crate (AVX-512)".into()
+    } else {
+        "gemm crate".into()
+    }
+}
+
+/// Whether the CPU has AVX-512F, which the `gemm` crate's `x86-v4` kernels use.
+fn avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return std::is_x86_feature_detected!("avx512f");
+    #[cfg(not(target_arch = "x86_64"))]
+    false
 }
 
 /// `c[m×n] = a[m×k] · b[k×n]`, all row-major and contiguous, through OpenBLAS.
