@@ -72,30 +72,57 @@ impl ClipText {
 
     /// One token sequence → its `last_hidden_state` [T, W] (after the final LayerNorm).
     pub fn hidden_states(&self, ids: &[u32]) -> Result<Tensor> {
+        self.hidden_states_batch(&[ids])?.squeeze(0)
+    }
+
+    /// Token sequences of one length → their `last_hidden_state` [N, T, W].
+    fn hidden_states_batch(&self, seqs: &[&[u32]]) -> Result<Tensor> {
         let c = &self.config;
-        if ids.is_empty() || ids.len() > c.positions {
-            candle_core::bail!("CLIP text: {} tokens, the model takes 1 to {}", ids.len(), c.positions);
+        let t = seqs.first().map_or(0, |s| s.len());
+        if t == 0 || t > c.positions {
+            candle_core::bail!("CLIP text: {t} tokens, the model takes 1 to {}", c.positions);
         }
-        if let Some(&bad) = ids.iter().find(|&&i| i as usize >= c.vocab) {
+        if seqs.iter().any(|s| s.len() != t) {
+            candle_core::bail!("CLIP text: a batch of token sequences must share one length");
+        }
+        if let Some(&bad) = seqs.iter().flat_map(|s| s.iter()).find(|&&i| i as usize >= c.vocab) {
             candle_core::bail!("CLIP text: token id {bad} is outside the vocabulary of {}", c.vocab);
         }
         let dev = self.token_embedding.device();
-        let x = self.token_embedding.index_select(&Tensor::new(ids, dev)?, 0)?;
-        let mut h = (x + self.position_embedding.narrow(0, 0, ids.len())?)?.unsqueeze(0)?;
+        let flat: Vec<u32> = seqs.concat();
+        let x = self.token_embedding.index_select(&Tensor::new(flat, dev)?, 0)?.reshape((seqs.len(), t, c.width))?;
+        let mut h = x.broadcast_add(&self.position_embedding.narrow(0, 0, t)?)?;
         for l in &self.layers {
             h = l.forward(&h, c.heads, Mask::causal())?;
         }
-        self.final_ln.forward(&h.squeeze(0)?)
+        self.final_ln.forward(&h)
     }
 
     /// `text_embeds`: the projected hidden state at the first `eos` token [output_dim] (the causal mask
     /// means nothing after it matters).
     pub fn embed(&self, ids: &[u32], eos: u32) -> Result<Tensor> {
-        let Some(at) = ids.iter().position(|&i| i == eos) else {
-            candle_core::bail!("CLIP text: the token sequence has no end-of-text token ({eos})");
-        };
-        let h = self.hidden_states(&ids[..=at])?;
-        self.projection.forward(&h.narrow(0, at, 1)?)?.squeeze(0)
+        self.embed_batch(&[ids], eos)?.squeeze(0)
+    }
+
+    /// [`ClipText::embed`] of many sequences in one pass [N, output_dim]: each is cut at its first `eos`
+    /// and padded with `eos` to the longest (the causal mask keeps the padding out of every embedding).
+    pub fn embed_batch(&self, seqs: &[&[u32]], eos: u32) -> Result<Tensor> {
+        let mut ends = Vec::with_capacity(seqs.len());
+        for ids in seqs {
+            let Some(at) = ids.iter().position(|&i| i == eos) else {
+                candle_core::bail!("CLIP text: the token sequence has no end-of-text token ({eos})");
+            };
+            ends.push(at);
+        }
+        let t = ends.iter().max().map_or(0, |&at| at + 1);
+        let padded: Vec<Vec<u32>> = seqs
+            .iter()
+            .zip(&ends)
+            .map(|(ids, &at)| ids[..=at].iter().copied().chain(std::iter::repeat(eos)).take(t).collect())
+            .collect();
+        let h = self.hidden_states_batch(&padded.iter().map(Vec::as_slice).collect::<Vec<_>>())?; // [N, T, W]
+        let rows = ends.iter().enumerate().map(|(n, &at)| h.get(n)?.narrow(0, at, 1)).collect::<Result<Vec<_>>>()?;
+        self.projection.forward(&Tensor::cat(&rows, 0)?)
     }
 }
 
@@ -105,4 +132,28 @@ pub fn load_clip_text(path: &std::path::Path, dev: &Device) -> gen_runtime::Resu
     let config = ClipTextConfig::infer(&|k| tensors.get(k).map(|t| t.dims().to_vec())).map_err(|e| e.at(path))?;
     let w = gen_nn::Weights::new(path.display().to_string(), tensors);
     Ok(ClipText::new(w.var_builder(DType::F32, dev), config)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gen_nn::RandomWeights;
+
+    #[test]
+    fn a_batch_of_ragged_sequences_embeds_as_each_does_alone() {
+        let config = ClipTextConfig { vocab: 20, width: 64, layers: 2, heads: 1, positions: 12, output_dim: 8 };
+        let model = ClipText::new(RandomWeights::new(3).var_builder(DType::F32, &Device::Cpu), config).unwrap();
+        let eos = 19;
+        // different lengths, one with tokens after its end token (ignored), one at the longest
+        let seqs: [&[u32]; 3] = [&[0, 5, 19], &[0, 7, 8, 9, 19, 4, 4], &[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 19]];
+        let batch = model.embed_batch(&seqs, eos).unwrap();
+        assert_eq!(batch.dims(), &[3, 8]);
+        for (n, ids) in seqs.iter().enumerate() {
+            let alone = model.embed(ids, eos).unwrap();
+            let d =
+                (batch.get(n).unwrap() - alone).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(d < 1e-5, "sequence {n}: {d}");
+        }
+        assert!(model.embed_batch(&[&[0, 5]], eos).unwrap_err().to_string().contains("no end-of-text"));
+    }
 }

@@ -323,15 +323,19 @@ fn report(a: &CodebookExperimentArgs, rows: &[Row]) -> Result<String> {
         "rFID",
         &by_kind(&|r| r.rfid),
     )?;
-    if let Some(&largest) = a.sizes.iter().max() {
+    // utilisation over training, one plot per codebook size (the answer to "why does it stay high")
+    for &size in &a.sizes {
         let curves: Vec<Series> = a
             .kinds
             .iter()
-            .map(|k| Series::line(k.clone(), utilization_curve(&a.out.join(format!("{k}-{largest}")))))
+            .map(|k| Series::line(k.clone(), utilization_curve(&a.out.join(format!("{k}-{size}")))))
             .collect();
+        if curves.iter().all(|c| c.points.is_empty()) {
+            continue;
+        }
         line_chart(
-            &a.out.join("utilization-over-training.png"),
-            &format!("codes used per log window, codebook {largest}"),
+            &a.out.join(format!("utilization-over-training-{size}.png")),
+            &format!("codes used per log window, codebook {size}"),
             "step",
             "codes used (%)",
             &curves,
