@@ -8,6 +8,7 @@
 
 use candle_core::{Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
+use gen_nn::kernels::{gelu, Gelu};
 use gen_nn::{Embedding, KvCache, LayerNorm, Linear, Mask};
 
 use crate::config::GptConfig;
@@ -73,7 +74,7 @@ impl Block {
 
     fn forward(&self, x: &Tensor, cache: Option<&mut KvCache>) -> Result<Tensor> {
         let x = (x + self.attn.forward(&self.ln1.forward(x)?, cache)?)?;
-        let h = self.fc.forward(&self.ln2.forward(&x)?)?.gelu_erf()?;
+        let h = gelu(&self.fc.forward(&self.ln2.forward(&x)?)?, Gelu::Erf)?;
         x + self.out.forward(&h)?
     }
 }

@@ -7,6 +7,7 @@
 
 use candle_core::{Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
+use gen_nn::kernels::{gelu, Gelu};
 use gen_nn::{Conv2d, LayerNorm, Linear};
 
 use super::config::DitConfig;
@@ -75,7 +76,7 @@ impl Block {
         let h = modulate(&self.norm.forward(x)?, &m[0], &m[1])?;
         let x = (x + self.attn.forward(&h)?.broadcast_mul(&m[2].unsqueeze(1)?)?)?;
         let h = modulate(&self.norm.forward(&x)?, &m[3], &m[4])?;
-        let h = self.fc2.forward(&self.fc1.forward(&h)?.gelu()?)?;
+        let h = self.fc2.forward(&gelu(&self.fc1.forward(&h)?, Gelu::Tanh)?)?;
         x + h.broadcast_mul(&m[5].unsqueeze(1)?)?
     }
 }

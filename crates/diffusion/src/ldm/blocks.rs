@@ -4,6 +4,7 @@
 
 use candle_core::{Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
+use gen_nn::kernels::{gelu, Gelu};
 use gen_nn::{Conv2d, GroupNorm, LayerNorm, Linear};
 
 /// `normalization(ch)`: GroupNorm32, 32 groups, eps 1e-5.
@@ -110,7 +111,7 @@ impl TransformerBlock {
         // GEGLU: the first half is the value, the second the gate (exact-erf GELU)
         let p = self.ff_in.forward(&self.norms[2].forward(&x)?)?;
         let half = p.dim(D::Minus1)? / 2;
-        let g = p.narrow(D::Minus1, 0, half)?.mul(&p.narrow(D::Minus1, half, half)?.gelu_erf()?)?;
+        let g = p.narrow(D::Minus1, 0, half)?.mul(&gelu(&p.narrow(D::Minus1, half, half)?, Gelu::Erf)?)?;
         self.ff_out.forward(&g)? + x
     }
 }

@@ -32,6 +32,7 @@ macro_rules! dispatch {
 pub(crate) mod avg_pool;
 pub(crate) mod conv;
 pub(crate) mod conv_s1;
+pub(crate) mod gelu;
 /// Only the two dense GEMMs `gen bench` times are public; the strided GEMM the kernels use is not.
 pub mod gemm;
 pub(crate) mod group_norm;
@@ -49,6 +50,7 @@ mod tests;
 use candle_core::{Result, Tensor};
 
 pub use avg_pool::avg_pool2d_exclude_pad;
+pub use gelu::{gelu, Gelu};
 pub use linear_ce::linear_cross_entropy;
 pub use pool::max_pool2d;
 pub use rows::{layer_norm, softmax_last_dim, softmax_last_dim_causal};
