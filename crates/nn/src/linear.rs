@@ -4,6 +4,7 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 /// torch `nn.Linear(in_dim, out_dim, bias)`: `y = x·Wᵀ + b` over the last dimension, any leading dims.
+/// The output has x's dtype: f32 activations may run against half-precision weights.
 #[derive(Clone, Debug)]
 pub struct Linear {
     pub weight: Tensor, // [out, in]
@@ -36,6 +37,7 @@ impl Module for Linear {
         // one product over all rows: the weights streamed for a few rows (decoding), a GEMM otherwise
         let y = crate::kernels::skinny::x_wt(&x2, &self.weight)?;
         let y = match &self.bias {
+            Some(b) if b.dtype() != y.dtype() => y.broadcast_add(&b.to_dtype(y.dtype())?)?,
             Some(b) => y.broadcast_add(b)?,
             None => y,
         };

@@ -6,7 +6,7 @@
 //! Dropout is 0 in the official model and absent here. Decoding runs the same blocks incrementally over a
 //! per-layer [`KvCache`], so each new token costs one position's work.
 
-use candle_core::{Module, Result, Tensor, D};
+use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
 use gen_nn::kernels::{gelu, Gelu};
 use gen_nn::{Embedding, KvCache, LayerNorm, Linear, Mask};
@@ -175,6 +175,11 @@ impl Gpt {
         }
         let t = idx.dim(1)?;
         let mut x = self.embed(idx, cache.len())?;
+        if x.device().is_cpu() && x.dtype() != DType::F32 {
+            // half-precision weights, f32 activations: the weights stream at half the bytes while the
+            // row ops (LayerNorm, GELU, softmax) run on their fused f32 kernels, not Candle's half ones
+            x = x.to_dtype(DType::F32)?;
+        }
         for (b, c) in self.blocks.iter().zip(cache.layers.iter_mut()) {
             x = b.forward(&x, Some(c))?;
         }

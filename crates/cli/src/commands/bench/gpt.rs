@@ -1,6 +1,6 @@
 //! GPT items: the official GPT-LC size (24 × 16 × 1024, vocabulary 101,000) with random weights, one
 //! image of 256 tokens (class 207) per sequence: our KV-cache sampler in f32 and f16 weights at batch 1
-//! and 16, and the official-style full recompute at batch 1. The baseline (`bench/gpt_bench.py`) is
+//! and 16, and the official-style full recompute at batch 1; and a 2 GiB read, the bandwidth bound. The baseline (`bench/gpt_bench.py`) is
 //! Hugging Face `transformers` GPT-2 of the same size with its KV cache.
 
 use anyhow::Result;
@@ -18,7 +18,31 @@ pub(super) const ITEMS: &[Item] = &[
     ("gpt_kv_f16_b1", |c| kv(c, DType::F16, 1)),
     ("gpt_kv_bf16_b1", |c| kv(c, DType::BF16, 1)),
     ("gpt_recompute_f32_b1", |c| recompute(c, 1)),
+    ("mem_read_2gib", |_| read_bandwidth()),
 ];
+
+/// The bandwidth bound of batch-1 decoding: one parallel pass reading 2 GiB of f32 (about the official
+/// size's f32 weights); GB/s = 2.147 / seconds. No baseline.
+fn read_bandwidth() -> Result<Timed> {
+    use rayon::prelude::*;
+    let data = vec![1.0f32; 512 << 20];
+    Ok(Box::new(move || {
+        let sum: f32 = data
+            .par_chunks(1 << 16)
+            .map(|c| {
+                let mut acc = [0f32; 16];
+                for x in c.chunks_exact(16) {
+                    for i in 0..16 {
+                        acc[i] += x[i];
+                    }
+                }
+                acc.iter().sum::<f32>()
+            })
+            .sum();
+        anyhow::ensure!(sum > 0.0, "the read was optimised away");
+        Ok(())
+    }))
+}
 
 /// Tokens per image (16 × 16).
 const STEPS: usize = 256;
