@@ -195,7 +195,8 @@ fn the_codebook_experiment_trains_evaluates_and_reports_every_run() {
         "results.md",
         "utilization-vs-size.png",
         "rfid-vs-size.png",
-        "utilization-over-training.png",
+        "utilization-over-training-40.png",
+        "utilization-over-training-80.png",
         "codebook-80.safetensors",
     ] {
         assert!(out.join(f).exists(), "{f}");
