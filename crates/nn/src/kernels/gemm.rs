@@ -193,7 +193,7 @@ mod cblas {
             let on = match std::env::var("GEN_GEMM").as_deref() {
                 Ok("openblas") => true,
                 Ok("rust") => false,
-                _ => !super::avx512(),
+                _ => !super::super::avx512(),
             };
             if on {
                 // SAFETY: plain setter of the library's thread count
@@ -285,19 +285,11 @@ pub fn backend() -> String {
     if cblas::enabled() {
         return format!("OpenBLAS {}", cblas::core_name());
     }
-    if avx512() {
+    if super::avx512() {
         "gemm crate (AVX-512)".into()
     } else {
         "gemm crate".into()
     }
-}
-
-/// Whether the CPU has AVX-512F, which the `gemm` crate's `x86-v4` kernels use.
-fn avx512() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    return std::is_x86_feature_detected!("avx512f");
-    #[cfg(not(target_arch = "x86_64"))]
-    false
 }
 
 /// `c[m×n] = a[m×k] · b[k×n]`, all row-major and contiguous, through OpenBLAS.

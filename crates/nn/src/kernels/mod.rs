@@ -37,7 +37,6 @@ pub(crate) mod gelu;
 pub mod gemm;
 pub(crate) mod group_norm;
 pub(crate) mod linear_ce;
-pub mod matmul;
 pub(crate) mod pool;
 pub(crate) mod real;
 pub(crate) mod reference;
@@ -48,6 +47,18 @@ pub(crate) mod skinny;
 mod tests;
 
 use candle_core::{Result, Tensor};
+
+/// Whether the CPU has AVX-512F (detected once): the `gemm` crate's `x86-v4` kernels and
+/// `skinny`'s streaming product use it.
+pub(crate) fn avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *ON.get_or_init(|| std::is_x86_feature_detected!("avx512f"))
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
 
 pub use avg_pool::avg_pool2d_exclude_pad;
 pub use gelu::{gelu, Gelu};

@@ -2,10 +2,13 @@
 //! `nn.Linear` keeps it. A GEMM library packs `W` into panels on every call, which at a handful of rows
 //! costs more than the product (Candle's `gemm` crate spent 42% of a batch-16 GPT step in `pack_lhs`);
 //! here each tile of `W` rows is read once, straight from the weights, and dotted with every row of
-//! `x` held in cache. Half-precision weights are widened a chunk at a time, so f16/bf16 sampling streams
-//! half the bytes instead of running Candle's half GEMM. Accumulation is in f32.
+//! `x` held in cache. Half-precision weights are widened to f32 as they are loaded, so f16/bf16 sampling
+//! streams half the bytes instead of running Candle's half GEMM. Accumulation is in f32. Runs where the
+//! CPU has AVX-512F; elsewhere `x_wt` is Candle's `matmul`.
 //!
 //! The backward pass is Candle's `matmul`, so gradients stay correct wherever the op is used.
+
+use std::borrow::Cow;
 
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use half::{bf16, f16};
@@ -17,22 +20,11 @@ pub const MAX_ROWS: usize = 32;
 /// Fewest `W` rows per parallel task.
 const MIN_ROWS_PER_TASK: usize = 64;
 
-/// `W` rows per parallel task: about four tasks per thread (balance without per-task overhead, which at
-/// 64 rows per task was a fifth of a half-precision decoding step), a multiple of 8.
+/// `W` rows per parallel task: about four tasks per thread (enough to balance the threads), at least
+/// [`MIN_ROWS_PER_TASK`], a multiple of 8.
 fn rows_per_task(n: usize) -> usize {
     let per = n.div_ceil(4 * rayon::current_num_threads().max(1));
     per.max(MIN_ROWS_PER_TASK).next_multiple_of(8)
-}
-
-/// Whether this CPU runs the kernel (AVX-512F); elsewhere `x_wt` is Candle's `matmul`.
-fn supported() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        *ON.get_or_init(|| std::is_x86_feature_detected!("avx512f"))
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    false
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -128,7 +120,7 @@ mod avx512 {
 
 #[cfg(target_arch = "x86_64")]
 use avx512::Lanes as Weight;
-/// Without x86-64 the kernel never runs (`supported()` is false); the trait only keeps the code typed.
+/// Without x86-64 the kernel never runs (`avx512()` is false); the trait only keeps the code typed.
 #[cfg(not(target_arch = "x86_64"))]
 trait Weight: Copy + Default + Send + Sync + 'static {}
 #[cfg(not(target_arch = "x86_64"))]
@@ -145,7 +137,7 @@ fn rows<T: Weight, const R: usize, const N: usize>(x: &[f32], w: &[T], k: usize,
         let take = (m - i).min(R);
         let mut acc = [[0f32; N]; R];
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: callers are gated on `supported()` (AVX-512F); each pointer addresses k elements (the
+        // SAFETY: callers are gated on `applies` (AVX-512F); each pointer addresses k elements (the
         // slices above).
         unsafe {
             match take {
@@ -227,27 +219,23 @@ impl CustomOp2 for XWt {
         if k != kw {
             candle_core::bail!("x·Wᵀ: x has {k} columns, W has {kw}");
         }
-        let dense = |l: &Layout| {
-            l.contiguous_offsets().ok_or_else(|| candle_core::Error::Msg("x·Wᵀ: operands must be contiguous".into()))
+        let x = match sx {
+            CpuStorage::F32(x) => Cow::Borrowed(super::dense(x, lx, "x·Wᵀ")?),
+            CpuStorage::F16(x) => Cow::Owned(super::dense(x, lx, "x·Wᵀ")?.iter().map(|v| v.to_f32()).collect()),
+            CpuStorage::BF16(x) => Cow::Owned(super::dense(x, lx, "x·Wᵀ")?.iter().map(|v| v.to_f32()).collect()),
+            _ => candle_core::bail!("x·Wᵀ: x must be f32, f16 or bf16"),
         };
-        let (xa, xb) = dense(lx)?;
-        let (wa, wb) = dense(lw)?;
-        let out = match (sx, sw) {
-            (CpuStorage::F32(x), CpuStorage::F32(w)) => CpuStorage::F32(product(&x[xa..xb], &w[wa..wb], m, k, n)),
-            (CpuStorage::F16(x), CpuStorage::F16(w)) => {
-                let x: Vec<f32> = x[xa..xb].iter().map(|v| v.to_f32()).collect();
-                let y = product(&x, &w[wa..wb], m, k, n);
-                CpuStorage::F16(y.into_iter().map(f16::from_f32).collect())
-            }
-            // f32 activations against half weights (decoding a half-precision model with f32 activations)
-            (CpuStorage::F32(x), CpuStorage::F16(w)) => CpuStorage::F32(product(&x[xa..xb], &w[wa..wb], m, k, n)),
-            (CpuStorage::F32(x), CpuStorage::BF16(w)) => CpuStorage::F32(product(&x[xa..xb], &w[wa..wb], m, k, n)),
-            (CpuStorage::BF16(x), CpuStorage::BF16(w)) => {
-                let x: Vec<f32> = x[xa..xb].iter().map(|v| v.to_f32()).collect();
-                let y = product(&x, &w[wa..wb], m, k, n);
-                CpuStorage::BF16(y.into_iter().map(bf16::from_f32).collect())
-            }
-            _ => candle_core::bail!("x·Wᵀ: operands must be f32, f16 or bf16 (x f32 with W f16/bf16 allowed)"),
+        let y = match sw {
+            CpuStorage::F32(w) => product(&x, super::dense(w, lw, "x·Wᵀ")?, m, k, n),
+            CpuStorage::F16(w) => product(&x, super::dense(w, lw, "x·Wᵀ")?, m, k, n),
+            CpuStorage::BF16(w) => product(&x, super::dense(w, lw, "x·Wᵀ")?, m, k, n),
+            _ => candle_core::bail!("x·Wᵀ: W must be f32, f16 or bf16"),
+        };
+        // the output in x's dtype (`applies` admits f32 x with any of the three weights, else equal dtypes)
+        let out = match sx {
+            CpuStorage::F16(_) => CpuStorage::F16(y.into_iter().map(f16::from_f32).collect()),
+            CpuStorage::BF16(_) => CpuStorage::BF16(y.into_iter().map(bf16::from_f32).collect()),
+            _ => CpuStorage::F32(y),
         };
         Ok((out, Shape::from((m, n))))
     }
@@ -263,7 +251,7 @@ impl CustomOp2 for XWt {
 /// Whether [`x_wt`] takes `x [rows, k]`·`wᵀ` on the streaming kernel rather than a packed GEMM.
 pub fn applies(x: &Tensor, w: &Tensor) -> bool {
     use candle_core::DType::{BF16, F16, F32};
-    supported()
+    super::avx512()
         && x.device().is_cpu()
         && matches!((x.dtype(), w.dtype()), (F32, F32 | F16 | BF16) | (F16, F16) | (BF16, BF16))
         && x.dims().len() == 2
