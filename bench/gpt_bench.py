@@ -9,6 +9,8 @@ sampling at temperature 1 over the first 100,000 logits, as the official evaluat
 
   * gpt_kv_{f32,f16,bf16}_b{1,16}: with the KV cache (`past_key_values`), weights in that dtype.
   * gpt_recompute_f32_b1: the official sampler's cost model, the whole prefix every step (no cache).
+  * gpt_recompute_f32_b16_1in32: the same at batch 16, 8 of the 256 steps (prefix lengths 16, 48, …,
+    240); × 32 estimates the whole batch (see crates/cli/src/commands/bench/gpt.rs).
 
 Needs `pip install torch transformers`. stdout: one JSON line per item, {"name": ..., "ms": [...]};
 logs on stderr. Usage: python3 bench/gpt_bench.py [--threads 2] [--only A,B] [--reps N] [--list]
@@ -72,12 +74,28 @@ def recompute_setup(b):
     return run
 
 
+def recompute_sampled_setup(b):
+    import torch
+
+    m = model(torch.float32)
+
+    def run():
+        with torch.no_grad():
+            for n in (32 * i + 16 for i in range(STEPS // 32)):
+                ids = torch.arange(b * n) * 7919 % CODES
+                ids[::n] = CODES + 207
+                m(input_ids=ids.view(b, n), use_cache=False).logits[:, -1, :CODES].contiguous()
+
+    return run
+
+
 ITEMS = {
     "gpt_kv_f32_b1": lambda: kv_setup("f32", 1),
     "gpt_kv_f32_b16": lambda: kv_setup("f32", 16),
     "gpt_kv_f16_b1": lambda: kv_setup("f16", 1),
     "gpt_kv_bf16_b1": lambda: kv_setup("bf16", 1),
     "gpt_recompute_f32_b1": lambda: recompute_setup(1),
+    "gpt_recompute_f32_b16_1in32": lambda: recompute_sampled_setup(16),
 }
 
 

@@ -43,11 +43,9 @@ impl Precision {
 }
 
 impl DeviceArgs {
-    /// Sets the thread count, opens the device and checks the dtype runs there.
+    /// Opens the device and checks the dtype runs there (`--threads` is applied before the command runs:
+    /// [`build_pool`]).
     pub fn open(&self) -> Result<(Device, DType)> {
-        if let Some(n) = self.threads {
-            set_threads(n);
-        }
         let dev = gen_runtime::open_device(self.device, self.quiet)?;
         let dtype = self.dtype.dtype();
         if dtype == DType::BF16 && dev.is_cpu() {
@@ -57,10 +55,17 @@ impl DeviceArgs {
     }
 }
 
-/// Rayon's global pool (our kernels; OpenBLAS follows it) gets `n` threads; only the first call counts.
-pub fn set_threads(n: usize) {
-    std::env::set_var("RAYON_NUM_THREADS", n.to_string());
-    let _ = rayon::ThreadPoolBuilder::new().num_threads(n).build_global();
+/// Builds rayon's global pool (our kernels; Candle's matmul and OpenBLAS follow it) with `threads`, or
+/// every core; called once, before any thread exists. Commands run on one of its workers (crate
+/// [`main`](crate::main)), with the main thread's stack size.
+pub fn build_pool(threads: Option<usize>) {
+    let mut pool = rayon::ThreadPoolBuilder::new().stack_size(8 << 20);
+    if let Some(n) = threads {
+        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+        pool = pool.num_threads(n);
+    }
+    // fails only if a pool was already built, which then stays
+    let _ = pool.build_global();
 }
 
 /// clap value parser: an integer ≥ 1.

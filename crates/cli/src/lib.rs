@@ -60,7 +60,44 @@ enum Command {
 /// Parses the process arguments and runs the subcommand; exits non-zero with a one-line error.
 pub fn main() {
     let cli = Cli::parse();
-    let result = match cli.command {
+    // The command runs on a worker of rayon's pool, not beside it: each parallel op it starts then begins
+    // on that worker with the others stealing, instead of being handed to a sleeping pool and waited for
+    // (docs/DESIGN.md, "Threads": LDM sampling 8.3 → 4.0 s, the demo GPT 1.5 → 1.15 s).
+    args::build_pool(cli.command.threads());
+    let result = rayon::scope(|_| run(cli.command));
+    if let Err(e) = result {
+        eprintln!("error: {}", gen_runtime::one_line(e.as_ref()));
+        std::process::exit(1);
+    }
+}
+
+impl Command {
+    /// `--threads`, where the subcommand takes it.
+    fn threads(&self) -> Option<usize> {
+        match self {
+            Command::Sample(a) => a.run.threads,
+            Command::Reconstruct(a) => a.model.run.threads,
+            Command::Encode(a) => a.model.run.threads,
+            Command::Tokenize(a) => a.model.run.threads,
+            Command::Decode(a) => a.model.run.threads,
+            Command::Bench(a) => Some(a.threads),
+            Command::Fid(a) => a.run.threads,
+            Command::Rfid(a) => a.model.run.threads,
+            Command::TrainClassifier(a) => a.threads,
+            Command::EvalClasses(a) => a.run.threads,
+            Command::InitCodebook(a) => a.run.threads,
+            Command::TrainTokenizer(a) => a.run.threads,
+            Command::TrainPrior(a) => a.run.threads,
+            Command::Train(a) => a.run.threads,
+            Command::Utilization(a) => a.model.run.threads,
+            Command::CodebookExperiment(a) => a.run.threads,
+            Command::Shards(_) | Command::Convert(_) | Command::ExportFmnist(_) => None,
+        }
+    }
+}
+
+fn run(command: Command) -> anyhow::Result<()> {
+    match command {
         Command::Sample(a) => sample::run(*a),
         Command::Reconstruct(a) => reconstruct::run(a),
         Command::Encode(a) => encode::run(a),
@@ -80,9 +117,5 @@ pub fn main() {
         Command::Train(a) => train::run(a),
         Command::Utilization(a) => utilization::run(a),
         Command::CodebookExperiment(a) => codebook_experiment::run(a),
-    };
-    if let Err(e) = result {
-        eprintln!("error: {}", gen_runtime::one_line(e.as_ref()));
-        std::process::exit(1);
     }
 }

@@ -51,9 +51,6 @@ pub struct TrainClassifierArgs {
 }
 
 pub fn run(a: TrainClassifierArgs) -> Result<()> {
-    if let Some(n) = a.threads {
-        crate::args::set_threads(n);
-    }
     let cfg = TrainConfig {
         seed: a.seed,
         epochs: a.epochs as u64,

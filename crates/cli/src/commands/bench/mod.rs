@@ -143,7 +143,6 @@ pub fn run(a: BenchArgs) -> Result<()> {
             chosen
         }
     };
-    crate::args::set_threads(a.threads);
     eprintln!("bench: {} threads, GEMM: {}", a.threads, gen_nn::kernels::gemm::backend());
     let mut ctx = Ctx::default();
     let mut ours: Vec<(&str, &str, Vec<f64>)> = Vec::new(); // (name, baseline script, times)
