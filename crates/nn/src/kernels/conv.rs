@@ -11,7 +11,7 @@ use super::conv_s1;
 use super::gemm::{gemm, Mat};
 use super::real::Real;
 
-const COL_BYTES: usize = 8 << 20;
+const COL_BYTES: usize = 32 << 20;
 
 /// Shapes and hyper-parameters of one convolution.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -54,8 +54,10 @@ impl Geom {
     pub(crate) fn pointwise(&self) -> bool {
         self.kh == 1 && self.kw == 1 && self.stride == 1 && self.pad_h == 0 && self.pad_w == 0
     }
+    /// Columns per im2col tile: as many output pixels of the batch (image-major) as fit `COL_BYTES`, so
+    /// small images share one product (an 8×8 image alone gave the GEMM 64 columns).
     fn tile<T>(&self) -> usize {
-        (COL_BYTES / std::mem::size_of::<T>() / self.k()).max(self.wo()).min(self.p()).max(1)
+        (COL_BYTES / std::mem::size_of::<T>() / self.k()).max(self.wo()).min(self.n * self.p()).max(1)
     }
     fn out_shape(&self) -> Shape {
         Shape::from((self.n, self.cout, self.ho(), self.wo()))
@@ -85,111 +87,166 @@ fn for_taps(g: &Geom, ki: usize, kj: usize, p0: usize, len: usize, mut f: impl F
     }
 }
 
-/// col[K, len] for output pixels p0..p0+len of one image x[cin, h, w].
-fn im2col<T: Real>(g: &Geom, x: &[T], p0: usize, len: usize, col: &mut [T]) {
-    let kk = g.kh * g.kw;
-    col[..g.k() * len].par_chunks_mut(len).enumerate().for_each(|(r, dst)| {
-        let (ci, ki, kj) = (r / kk, (r % kk) / g.kw, r % g.kw);
-        let src = &x[ci * g.h * g.w..(ci + 1) * g.h * g.w];
-        dst.fill(T::default());
-        for_taps(g, ki, kj, p0, len, |c, i| dst[c] = src[i]);
-    });
+/// The pieces of the batch's output pixels `q0..q0 + len` (image-major: q = image·p + pixel), one per
+/// image: (image, first pixel, pixels, offset in the tile).
+fn segments(g: &Geom, q0: usize, len: usize) -> impl Iterator<Item = (usize, usize, usize, usize)> {
+    let p = g.p();
+    let mut q = q0;
+    std::iter::from_fn(move || {
+        (q < q0 + len).then(|| {
+            let (i, p0) = (q / p, q % p);
+            let l = (p - p0).min(q0 + len - q);
+            let seg = (i, p0, l, q - q0);
+            q += l;
+            seg
+        })
+    })
 }
 
-/// dx[cin, h, w] += col2im(dcol[K, len]) for output pixels p0..p0+len.
-fn col2im_add<T: Real>(g: &Geom, dcol: &[T], p0: usize, len: usize, dx: &mut [T]) {
-    let kk = g.kh * g.kw;
-    dx.par_chunks_mut(g.h * g.w).enumerate().for_each(|(ci, dst)| {
-        for r in ci * kk..(ci + 1) * kk {
-            let (ki, kj) = ((r % kk) / g.kw, r % g.kw);
-            let src = &dcol[r * len..(r + 1) * len];
-            for_taps(g, ki, kj, p0, len, |c, i| dst[i] = dst[i] + src[c]);
+/// col[K, len] for the batch's output pixels q0..q0+len, from x[n, cin, h, w].
+fn im2col<T: Real>(g: &Geom, x: &[T], q0: usize, len: usize, col: &mut [T]) {
+    let (kk, hw) = (g.kh * g.kw, g.h * g.w);
+    col[..g.k() * len].par_chunks_mut(len).enumerate().for_each(|(r, dst)| {
+        let (ci, ki, kj) = (r / kk, (r % kk) / g.kw, r % g.kw);
+        dst.fill(T::default());
+        for (i, p0, l, off) in segments(g, q0, len) {
+            let src = &x[(i * g.cin + ci) * hw..][..hw];
+            for_taps(g, ki, kj, p0, l, |c, s| dst[off + c] = src[s]);
         }
     });
 }
 
+/// dx[n, cin, h, w] += col2im(dcol[K, len]) for the batch's output pixels q0..q0+len.
+fn col2im_add<T: Real>(g: &Geom, dcol: &[T], q0: usize, len: usize, dx: &mut [T]) {
+    let (kk, hw) = (g.kh * g.kw, g.h * g.w);
+    for (i, p0, l, off) in segments(g, q0, len) {
+        dx[i * g.cin * hw..(i + 1) * g.cin * hw].par_chunks_mut(hw).enumerate().for_each(|(ci, dst)| {
+            for r in ci * kk..(ci + 1) * kk {
+                let (ki, kj) = ((r % kk) / g.kw, r % g.kw);
+                let src = &dcol[r * len + off..];
+                for_taps(g, ki, kj, p0, l, |c, s| dst[s] = dst[s] + src[c]);
+            }
+        });
+    }
+}
+
+/// t[ch, len] ← a[n, ch, p] over the batch's pixels q0..q0+len (`gather`), or the reverse plus a
+/// per-channel bias (`scatter`).
+fn gather<T: Real>(g: &Geom, ch: usize, a: &[T], q0: usize, len: usize, t: &mut [T]) {
+    let p = g.p();
+    t[..ch * len].par_chunks_mut(len).enumerate().for_each(|(c, row)| {
+        for (i, p0, l, off) in segments(g, q0, len) {
+            row[off..off + l].copy_from_slice(&a[(i * ch + c) * p + p0..][..l]);
+        }
+    });
+}
+
+fn scatter<T: Real>(g: &Geom, ch: usize, t: &[T], b: &[T], q0: usize, len: usize, a: &mut [T]) {
+    let p = g.p();
+    for (i, p0, l, off) in segments(g, q0, len) {
+        a[i * ch * p..(i + 1) * ch * p].par_chunks_mut(p).enumerate().for_each(|(c, row)| {
+            for (d, &v) in row[p0..p0 + l].iter_mut().zip(&t[c * len + off..][..l]) {
+                *d = v + b[c];
+            }
+        });
+    }
+}
+
+/// Stride-1 convs take the shifted-tap path unless padding is a large share of each image (8×8 with
+/// padding 1: 100 padded positions computed per 64 outputs), where im2col's exact product is cheaper.
+fn shifted(g: &Geom) -> bool {
+    !g.pointwise() && conv_s1::applies(g) && conv_s1::overhead(g) <= 1.3
+}
+
 fn forward<T: Real>(g: &Geom, x: &[T], w: &[T], b: &[T]) -> Vec<T> {
-    if !g.pointwise() && conv_s1::applies(g) {
+    if shifted(g) {
         return conv_s1::forward(g, x, w, b);
     }
     let (p, k) = (g.p(), g.k());
     let mut y = vec![T::default(); g.n * g.cout * p];
-    let tile = g.tile::<T>();
-    let mut col = if g.pointwise() { Vec::new() } else { vec![T::default(); k * tile] };
-    for i in 0..g.n {
-        let xi = &x[i * g.cin * g.h * g.w..(i + 1) * g.cin * g.h * g.w];
-        let yi = &mut y[i * g.cout * p..(i + 1) * g.cout * p];
-        yi.par_chunks_mut(p).zip(b.par_iter()).for_each(|(row, &bv)| row.fill(bv));
-        if g.pointwise() {
+    if g.pointwise() {
+        for i in 0..g.n {
+            let xi = &x[i * g.cin * p..(i + 1) * g.cin * p];
+            let yi = &mut y[i * g.cout * p..(i + 1) * g.cout * p];
+            yi.par_chunks_mut(p).zip(b.par_iter()).for_each(|(row, &bv)| row.fill(bv));
             unsafe { gemm(g.cout, p, k, yi.as_mut_ptr(), p, 1, true, Mat::row_major(w, k), Mat::row_major(xi, p)) };
-            continue;
         }
-        for p0 in (0..p).step_by(tile) {
-            let len = tile.min(p - p0);
-            im2col(g, xi, p0, len, &mut col);
-            unsafe {
-                gemm(g.cout, len, k, yi[p0..].as_mut_ptr(), p, 1, true, Mat::row_major(w, k), Mat::row_major(&col, len))
-            };
-        }
+        return y;
     }
+    let tile = g.tile::<T>();
+    T::with_scratch((k + g.cout) * tile, |buf| {
+        let (col, out) = buf.split_at_mut(k * tile);
+        for q0 in (0..g.n * p).step_by(tile) {
+            let len = tile.min(g.n * p - q0);
+            im2col(g, x, q0, len, col);
+            unsafe {
+                gemm(g.cout, len, k, out.as_mut_ptr(), len, 1, false, Mat::row_major(w, k), Mat::row_major(col, len))
+            };
+            scatter(g, g.cout, out, b, q0, len, &mut y);
+        }
+    });
     y
 }
 
 fn backward_input<T: Real>(g: &Geom, w: &[T], dy: &[T]) -> Vec<T> {
     if !g.pointwise() && conv_s1::applies(g) {
-        return conv_s1::backward_input(g, w, dy);
+        // the flipped kernel's stride-1 forward, on whichever path suits its shape
+        let (gt, wf) = conv_s1::flipped(g, w);
+        return forward(&gt, dy, &wf, &vec![T::default(); g.cin]);
     }
     let (p, k, hw) = (g.p(), g.k(), g.h * g.w);
     let mut dx = vec![T::default(); g.n * g.cin * hw];
-    let tile = g.tile::<T>();
-    let mut dcol = if g.pointwise() { Vec::new() } else { vec![T::default(); k * tile] };
     let wt = Mat::transposed(w, k); // Wᵀ [K, cout]
-    for i in 0..g.n {
-        let dyi = &dy[i * g.cout * p..(i + 1) * g.cout * p];
-        let dxi = &mut dx[i * g.cin * hw..(i + 1) * g.cin * hw];
-        if g.pointwise() {
+    if g.pointwise() {
+        for i in 0..g.n {
+            let dyi = &dy[i * g.cout * p..(i + 1) * g.cout * p];
+            let dxi = &mut dx[i * g.cin * hw..(i + 1) * g.cin * hw];
             unsafe { gemm(k, p, g.cout, dxi.as_mut_ptr(), p, 1, false, wt, Mat::row_major(dyi, p)) };
-            continue;
         }
-        for p0 in (0..p).step_by(tile) {
-            let len = tile.min(p - p0);
-            let rhs = Mat { ptr: dyi[p0..].as_ptr(), rs: p as isize, cs: 1 };
-            unsafe { gemm(k, len, g.cout, dcol.as_mut_ptr(), len, 1, false, wt, rhs) };
-            col2im_add(g, &dcol, p0, len, dxi);
-        }
+        return dx;
     }
+    let tile = g.tile::<T>();
+    T::with_scratch((k + g.cout) * tile, |buf| {
+        let (dcol, dyt) = buf.split_at_mut(k * tile);
+        for q0 in (0..g.n * p).step_by(tile) {
+            let len = tile.min(g.n * p - q0);
+            gather(g, g.cout, dy, q0, len, dyt);
+            unsafe { gemm(k, len, g.cout, dcol.as_mut_ptr(), len, 1, false, wt, Mat::row_major(dyt, len)) };
+            col2im_add(g, dcol, q0, len, &mut dx);
+        }
+    });
     dx
 }
 
-/// dW = Σ dY·colᵀ over images and im2col tiles (1×1 stride-1: colᵀ is xᵀ).
+/// dW = Σ dY·colᵀ over the batch's im2col tiles (1×1 stride-1: colᵀ is xᵀ, image by image).
 fn weight_grad_im2col<T: Real>(g: &Geom, x: &[T], dy: &[T], dw: &mut [T]) {
     let (p, k) = (g.p(), g.k());
-    let tile = if g.pointwise() { p } else { g.tile::<T>() };
-    let mut col = if g.pointwise() { Vec::new() } else { vec![T::default(); k * tile] };
-    let mut first = true;
-    for i in 0..g.n {
-        let xi = &x[i * g.cin * g.h * g.w..(i + 1) * g.cin * g.h * g.w];
-        let dyi = &dy[i * g.cout * p..(i + 1) * g.cout * p];
-        for p0 in (0..p).step_by(tile) {
-            let len = tile.min(p - p0);
-            let lhs = Mat { ptr: dyi[p0..].as_ptr(), rs: p as isize, cs: 1 };
-            let rhs = if g.pointwise() {
-                Mat::transposed(xi, p)
-            } else {
-                im2col(g, xi, p0, len, &mut col);
-                Mat::transposed(&col, len)
-            };
-            unsafe { gemm(g.cout, k, len, dw.as_mut_ptr(), k, 1, !first, lhs, rhs) };
-            first = false;
+    if g.pointwise() {
+        for i in 0..g.n {
+            let xi = &x[i * g.cin * p..(i + 1) * g.cin * p];
+            let lhs = Mat::row_major(&dy[i * g.cout * p..(i + 1) * g.cout * p], p);
+            unsafe { gemm(g.cout, k, p, dw.as_mut_ptr(), k, 1, i > 0, lhs, Mat::transposed(xi, p)) };
         }
+        return;
     }
+    let tile = g.tile::<T>();
+    T::with_scratch((k + g.cout) * tile, |buf| {
+        let (col, dyt) = buf.split_at_mut(k * tile);
+        for q0 in (0..g.n * p).step_by(tile) {
+            let len = tile.min(g.n * p - q0);
+            im2col(g, x, q0, len, col);
+            gather(g, g.cout, dy, q0, len, dyt);
+            let (lhs, rhs) = (Mat::row_major(dyt, len), Mat::transposed(col, len));
+            unsafe { gemm(g.cout, k, len, dw.as_mut_ptr(), k, 1, q0 > 0, lhs, rhs) };
+        }
+    });
 }
 
 /// Packed `[dW (cout·K) | db (cout)]`.
 fn backward_weight<T: Real>(g: &Geom, x: &[T], dy: &[T]) -> Vec<T> {
     let (p, k) = (g.p(), g.k());
     let mut out = vec![T::default(); g.cout * k + g.cout];
-    if !g.pointwise() && conv_s1::applies(g) {
+    if shifted(g) {
         conv_s1::backward_weight(g, x, dy, &mut out[..g.cout * k]);
     } else {
         weight_grad_im2col(g, x, dy, &mut out[..g.cout * k]);
@@ -330,15 +387,16 @@ mod tests {
 
     /// Every conv shape the models use.
     const CASES: &[Case] = &[
-        ([2, 5, 7, 6], 3, 3, 4, 1, (1, 1)),  // 3×3 s1 p1, non-square
-        ([1, 4, 8, 8], 3, 3, 3, 2, (0, 0)),  // 3×3 s2 after the taming pad
-        ([3, 6, 5, 4], 1, 1, 7, 1, (0, 0)),  // 1×1
-        ([2, 3, 8, 6], 4, 4, 5, 2, (1, 1)),  // 4×4 s2 p1 (discriminator)
-        ([1, 4, 9, 9], 1, 7, 3, 1, (0, 3)),  // Inception 1×7
-        ([2, 4, 9, 8], 7, 1, 3, 1, (3, 0)),  // Inception 7×1
-        ([1, 3, 11, 9], 3, 3, 4, 2, (0, 0)), // Inception 3×3 s2
-        ([5, 3, 4, 6], 3, 3, 2, 1, (1, 1)),  // stride 1, a batch of five (the weight gradient sums them)
-        ([4, 2, 6, 5], 3, 3, 3, 1, (0, 0)),  // stride 1 unpadded
+        ([2, 5, 7, 6], 3, 3, 4, 1, (1, 1)),   // 3×3 s1 p1, non-square
+        ([1, 4, 8, 8], 3, 3, 3, 2, (0, 0)),   // 3×3 s2 after the taming pad
+        ([3, 6, 5, 4], 1, 1, 7, 1, (0, 0)),   // 1×1
+        ([2, 3, 8, 6], 4, 4, 5, 2, (1, 1)),   // 4×4 s2 p1 (discriminator)
+        ([1, 4, 9, 9], 1, 7, 3, 1, (0, 3)),   // Inception 1×7
+        ([2, 4, 9, 8], 7, 1, 3, 1, (3, 0)),   // Inception 7×1
+        ([1, 3, 11, 9], 3, 3, 4, 2, (0, 0)),  // Inception 3×3 s2
+        ([5, 3, 4, 6], 3, 3, 2, 1, (1, 1)),   // stride 1, a batch of five (the weight gradient sums them)
+        ([4, 2, 6, 5], 3, 3, 3, 1, (0, 0)),   // stride 1 unpadded
+        ([3, 2, 40, 38], 3, 3, 2, 1, (1, 1)), // stride 1, images side by side in groups of 2 and 1
     ];
 
     fn tensors(rng: &mut Rng, x: &[usize], kh: usize, kw: usize, cout: usize, dtype: DType) -> [Tensor; 3] {
@@ -400,23 +458,30 @@ mod tests {
     }
 
     #[test]
-    fn conv2d_large_batch_tiles_match_reference() {
-        // more output pixels than one im2col tile, batch > 1
+    fn conv2d_tiles_spanning_images_match_reference() {
         let mut rng = Rng::new(5);
-        let [x, w, b] = tensors(&mut rng, &[2, 256, 48, 40], 3, 3, 32, DType::F32);
-        let g = Geom::new(x.dims(), w.dims(), 1, (1, 1)).unwrap();
-        assert!(g.tile::<f32>() < g.p(), "the case must span several tiles");
-        let y1 = try_fused(&x, &w, Some(&b), 1, (1, 1), false).unwrap().unwrap();
-        let y0 = reference::conv2d(&x, &w, Some(&b), 1, 1).unwrap();
-        let d = (y1 - y0).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-        assert!(d < 1e-4, "{d}");
-        // and the im2col path (stride 2) over several tiles
-        let [x, w, b] = tensors(&mut rng, &[1, 256, 96, 80], 3, 3, 16, DType::F32);
-        let y1 = try_fused(&x, &w, Some(&b), 2, (1, 1), false).unwrap().unwrap();
-        let y0 = reference::conv2d(&x, &w, Some(&b), 2, 1).unwrap();
-        let g2 = Geom::new(x.dims(), w.dims(), 2, (1, 1)).unwrap();
-        assert!(g2.tile::<f32>() < g2.p());
-        let d = (y1 - y0).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-        assert!(d < 1e-4, "{d}");
+        let check = |x: &Tensor, w: &Tensor, b: &Tensor, stride: usize| {
+            let y1 = try_fused(x, w, Some(b), stride, (1, 1), false).unwrap().unwrap();
+            let y0 = reference::conv2d(x, w, Some(b), stride, 1).unwrap();
+            let d = (y1 - y0).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(d < 1e-4, "{:?} stride {stride}: {d}", x.dims());
+        };
+        // small images: one im2col tile holds the whole batch
+        let [x, w, b] = tensors(&mut rng, &[6, 64, 16, 16], 3, 3, 8, DType::F32);
+        let g = Geom::new(x.dims(), w.dims(), 2, (1, 1)).unwrap();
+        assert!(g.tile::<f32>() == g.n * g.p() && g.n > 1);
+        check(&x, &w, &b, 2);
+        // large images: tiles end inside images, and one tile spans the end of one and the start of the next
+        let [x, w, b] = tensors(&mut rng, &[2, 512, 192, 160], 3, 3, 4, DType::F32);
+        let g = Geom::new(x.dims(), w.dims(), 2, (1, 1)).unwrap();
+        assert!(g.tile::<f32>() < g.p() && g.p() % g.tile::<f32>() != 0);
+        check(&x, &w, &b, 2);
+        // stride 1 with a large share of padding (8×8) takes im2col; 40×40 takes the shifted taps
+        for hw in [8, 40] {
+            let [x, w, b] = tensors(&mut rng, &[5, 16, hw, hw], 3, 3, 8, DType::F32);
+            let g = Geom::new(x.dims(), w.dims(), 1, (1, 1)).unwrap();
+            assert_eq!(shifted(&g), hw == 40);
+            check(&x, &w, &b, 1);
+        }
     }
 }

@@ -3,6 +3,8 @@
 //! With the input padded to [C, Hp, Wp] and the output computed on the same row pitch Wp, tap (i, j)
 //! reads the padded planes shifted by `i·Wp + j`: `out[co, p] += W[co, ci, i, j] · xpad[ci, p + i·Wp + j]`,
 //! a plain strided GEMM (M = C_out, N ≈ H·Wp, K = C_in). The Wp − Wo extra columns per row are dropped.
+//! Small images go side by side ([C, n, Hp, Wp]) so one product covers several (N ≈ n·Hp·Wp): the
+//! columns that straddle two images are dropped the same way.
 //! The input gradient is the same convolution of dY with the flipped, transposed kernel; the weight
 //! gradient is one GEMM per tap with the roles swapped. This halves the memory traffic of im2col.
 
@@ -15,6 +17,12 @@ use super::real::Real;
 /// Whether the direct path applies (stride 1, and the flipped kernel's padding is non-negative).
 pub fn applies(g: &Geom) -> bool {
     g.stride == 1 && g.pad_h < g.kh && g.pad_w < g.kw
+}
+
+/// Positions computed per output pixel: the padded plane over the output's.
+pub fn overhead(g: &Geom) -> f64 {
+    let pd = Padded::of(g);
+    pd.plane() as f64 / (g.ho() * g.wo()).max(1) as f64
 }
 
 struct Padded {
@@ -31,20 +39,45 @@ impl Padded {
     }
 }
 
-/// x[c, h, w] → xpad[c, hp, wp] with zero borders.
-fn pad_image<T: Real>(g: &Geom, pd: &Padded, x: &[T], xpad: &mut [T]) {
-    xpad.par_chunks_mut(pd.plane()).zip(x.par_chunks(g.h * g.w)).for_each(|(dst, src)| {
-        dst.fill(T::default());
-        for y in 0..g.h {
-            let d0 = (y + g.pad_h) * pd.wp + g.pad_w;
-            dst[d0..d0 + g.w].copy_from_slice(&src[y * g.w..(y + 1) * g.w]);
+/// Columns a tap's GEMM should have: images are batched into one product until it has about this many
+/// (a GEMM packs its weight panel once per call; at 8×8 one image gave it 78 columns).
+const GROUP_COLS: usize = 4096;
+
+/// Images per product: the batch, or fewer where their padded planes pass [`GROUP_COLS`].
+fn group(g: &Geom, pd: &Padded) -> usize {
+    (GROUP_COLS / pd.plane()).clamp(1, g.n.max(1))
+}
+
+/// Images `i0..i0 + m` of `src` [n, ch, rows, cols] → `dst` [ch, m, hp, wp]: each channel's images side by
+/// side on the padded pitch, placed at (`top`, `left`), zeros elsewhere.
+#[allow(clippy::too_many_arguments)]
+fn scatter<T: Real>(
+    src: &[T],
+    ch: usize,
+    (rows, cols): (usize, usize),
+    i0: usize,
+    m: usize,
+    pd: &Padded,
+    (top, left): (usize, usize),
+    dst: &mut [T],
+) {
+    let (plane, img) = (pd.plane(), rows * cols);
+    dst.par_chunks_mut(m * plane).enumerate().for_each(|(c, row)| {
+        row.fill(T::default());
+        for (a, d) in row.chunks_mut(plane).enumerate() {
+            let s = &src[((i0 + a) * ch + c) * img..][..img];
+            for y in 0..rows {
+                let d0 = (y + top) * pd.wp + left;
+                d[d0..d0 + cols].copy_from_slice(&s[y * cols..(y + 1) * cols]);
+            }
         }
     });
 }
 
-/// Number of pitched output positions that are read: the last row needs only Wo columns.
-fn n_valid(g: &Geom, pd: &Padded) -> usize {
-    (g.ho() - 1) * pd.wp + g.wo()
+/// Output positions a product over `m` images computes, on their side-by-side planes: up to the last
+/// image's last valid pixel (its final row needs only Wo columns).
+fn n_valid(g: &Geom, pd: &Padded, m: usize) -> usize {
+    (m - 1) * pd.plane() + (g.ho() - 1) * pd.wp + g.wo()
 }
 
 /// The weights regrouped per tap, `[kh·kw][cout][cin]`, so each tap's matrix is dense (BLAS-friendly).
@@ -64,26 +97,31 @@ fn taps<T: Real>(g: &Geom, w: &[T]) -> Vec<T> {
 /// y[n, cout, ho, wo] = conv(x, w) + b, stride 1.
 pub fn forward<T: Real>(g: &Geom, x: &[T], w: &[T], b: &[T]) -> Vec<T> {
     let pd = Padded::of(g);
-    let (ho, wo) = (g.ho(), g.wo());
+    let (ho, wo, plane) = (g.ho(), g.wo(), pd.plane());
     let wt = taps(g, w);
-    let pitch = ho * pd.wp;
     let mut y = vec![T::default(); g.n * g.cout * ho * wo];
-    T::with_scratch(g.cin * pd.plane() + g.cout * pitch, |buf| {
-        let (xpad, full) = buf.split_at_mut(g.cin * pd.plane());
-        for i in 0..g.n {
-            pad_image(g, &pd, &x[i * g.cin * g.h * g.w..(i + 1) * g.cin * g.h * g.w], xpad);
-            full.par_chunks_mut(pitch).zip(b.par_iter()).for_each(|(row, &bv)| row.fill(bv));
+    let per = group(g, &pd);
+    T::with_scratch((g.cin + g.cout) * per * plane, |buf| {
+        let (xpad, full) = buf.split_at_mut(g.cin * per * plane);
+        for i0 in (0..g.n).step_by(per) {
+            let m = per.min(g.n - i0);
+            let row = m * plane; // one channel's images
+            let (xpad, full) = (&mut xpad[..g.cin * row], &mut full[..g.cout * row]);
+            scatter(x, g.cin, (g.h, g.w), i0, m, &pd, (g.pad_h, g.pad_w), xpad);
+            full.par_chunks_mut(row).zip(b.par_iter()).for_each(|(r, &bv)| r.fill(bv));
             for ki in 0..g.kh {
                 for kj in 0..g.kw {
                     let t = ki * g.kw + kj;
                     let lhs = Mat::row_major(&wt[t * g.cout * g.cin..(t + 1) * g.cout * g.cin], g.cin);
-                    let rhs = Mat { ptr: xpad[ki * pd.wp + kj..].as_ptr(), rs: pd.plane() as isize, cs: 1 };
-                    // SAFETY: rhs reads xpad[ci·plane + t_off + p] for p < n_valid, inside the padded planes
-                    unsafe { gemm(g.cout, n_valid(g, &pd), g.cin, full.as_mut_ptr(), pitch, 1, true, lhs, rhs) };
+                    let rhs = Mat { ptr: xpad[ki * pd.wp + kj..].as_ptr(), rs: row as isize, cs: 1 };
+                    // SAFETY: rhs reads xpad[ci·row + t_off + p] for p < n_valid, inside channel ci's row
+                    unsafe { gemm(g.cout, n_valid(g, &pd, m), g.cin, full.as_mut_ptr(), row, 1, true, lhs, rhs) };
                 }
             }
-            let yi = &mut y[i * g.cout * ho * wo..(i + 1) * g.cout * ho * wo];
-            yi.par_chunks_mut(ho * wo).zip(full.par_chunks(pitch)).for_each(|(dst, src)| {
+            let ys = &mut y[i0 * g.cout * ho * wo..(i0 + m) * g.cout * ho * wo];
+            ys.par_chunks_mut(ho * wo).enumerate().for_each(|(ac, dst)| {
+                let (a, co) = (ac / g.cout, ac % g.cout);
+                let src = &full[co * row + a * plane..][..plane];
                 for oy in 0..ho {
                     dst[oy * wo..(oy + 1) * wo].copy_from_slice(&src[oy * pd.wp..oy * pd.wp + wo]);
                 }
@@ -93,10 +131,11 @@ pub fn forward<T: Real>(g: &Geom, x: &[T], w: &[T], b: &[T]) -> Vec<T> {
     y
 }
 
-/// dx = conv(dy, flip(w)ᵀ) with padding (kh−1−ph, kw−1−pw).
-pub fn backward_input<T: Real>(g: &Geom, w: &[T], dy: &[T]) -> Vec<T> {
+/// The input gradient's convolution: dx = conv(dy, flip(w)ᵀ) with padding (kh−1−ph, kw−1−pw), as its
+/// geometry and kernel [cin, cout, kh, kw].
+pub fn flipped<T: Real>(g: &Geom, w: &[T]) -> (Geom, Vec<T>) {
     let kk = g.kh * g.kw;
-    let mut wf = vec![T::default(); w.len()]; // [cin, cout, kh, kw]
+    let mut wf = vec![T::default(); w.len()];
     for co in 0..g.cout {
         for ci in 0..g.cin {
             for t in 0..kk {
@@ -117,38 +156,35 @@ pub fn backward_input<T: Real>(g: &Geom, w: &[T], dy: &[T]) -> Vec<T> {
         pad_w: g.kw - 1 - g.pad_w,
     };
     debug_assert_eq!((gt.ho(), gt.wo()), (g.h, g.w));
-    forward(&gt, dy, &wf, &vec![T::default(); g.cin])
+    (gt, wf)
 }
 
 /// dW [cout, cin, kh, kw] (Σ over the batch) for stride 1.
 pub fn backward_weight<T: Real>(g: &Geom, x: &[T], dy: &[T], dw: &mut [T]) {
     let pd = Padded::of(g);
-    let (ho, wo, kk, k) = (g.ho(), g.wo(), g.kh * g.kw, g.cin * g.kh * g.kw);
-    let pitch = ho * pd.wp;
-    let (nx, ndy) = (g.cin * pd.plane(), g.cout * pitch);
-    let plane = g.cout * g.cin;
-    T::with_scratch(nx + ndy + kk * plane, |buf| {
+    let (ho, wo, kk, k, plane) = (g.ho(), g.wo(), g.kh * g.kw, g.cin * g.kh * g.kw, pd.plane());
+    let per = group(g, &pd);
+    let (nx, ndy) = (g.cin * per * plane, g.cout * per * plane);
+    let wplane = g.cout * g.cin;
+    T::with_scratch(nx + ndy + kk * wplane, |buf| {
         let (xpad, rest) = buf.split_at_mut(nx);
-        // dY on the padded pitch (zeros past Wo); every tap's dW summed over the batch, tap-major, so
-        // each GEMM accumulates into a dense [cout, cin] block and dW's [cout, cin, kh·kw] layout is
-        // scattered into once, not once per image
+        // dY on the padded pitch (zeros past Wo and Ho); every tap's dW summed over the batch, tap-major,
+        // so each GEMM accumulates into a dense [cout, cin] block and dW's [cout, cin, kh·kw] layout is
+        // scattered into once, not once per group
         let (dyfull, taps) = rest.split_at_mut(ndy);
-        for i in 0..g.n {
-            pad_image(g, &pd, &x[i * g.cin * g.h * g.w..(i + 1) * g.cin * g.h * g.w], xpad);
-            let dyi = &dy[i * g.cout * ho * wo..(i + 1) * g.cout * ho * wo];
-            dyfull.par_chunks_mut(pitch).zip(dyi.par_chunks(ho * wo)).for_each(|(dst, src)| {
-                dst.fill(T::default());
-                for oy in 0..ho {
-                    dst[oy * pd.wp..oy * pd.wp + wo].copy_from_slice(&src[oy * wo..(oy + 1) * wo]);
-                }
-            });
+        for i0 in (0..g.n).step_by(per) {
+            let m = per.min(g.n - i0);
+            let row = m * plane;
+            let (xpad, dyfull) = (&mut xpad[..g.cin * row], &mut dyfull[..g.cout * row]);
+            scatter(x, g.cin, (g.h, g.w), i0, m, &pd, (g.pad_h, g.pad_w), xpad);
+            scatter(dy, g.cout, (ho, wo), i0, m, &pd, (0, 0), dyfull);
             for ki in 0..g.kh {
                 for kj in 0..g.kw {
-                    let lhs = Mat { ptr: dyfull.as_ptr(), rs: pitch as isize, cs: 1 };
-                    let rhs = Mat { ptr: xpad[ki * pd.wp + kj..].as_ptr(), rs: 1, cs: pd.plane() as isize };
-                    let tap = &mut taps[(ki * g.kw + kj) * plane..][..plane];
+                    let lhs = Mat { ptr: dyfull.as_ptr(), rs: row as isize, cs: 1 };
+                    let rhs = Mat { ptr: xpad[ki * pd.wp + kj..].as_ptr(), rs: 1, cs: row as isize };
+                    let tap = &mut taps[(ki * g.kw + kj) * wplane..][..wplane];
                     // SAFETY: as in `forward`; `tap` is a dense [cout, cin] block
-                    unsafe { gemm(g.cout, g.cin, n_valid(g, &pd), tap.as_mut_ptr(), g.cin, 1, i > 0, lhs, rhs) };
+                    unsafe { gemm(g.cout, g.cin, n_valid(g, &pd, m), tap.as_mut_ptr(), g.cin, 1, i0 > 0, lhs, rhs) };
                 }
             }
         }
@@ -156,7 +192,7 @@ pub fn backward_weight<T: Real>(g: &Geom, x: &[T], dy: &[T], dw: &mut [T]) {
             return;
         }
         dw.par_chunks_mut(k).enumerate().for_each(|(co, row)| {
-            for (t, tap) in taps.chunks(plane).enumerate() {
+            for (t, tap) in taps.chunks(wplane).enumerate() {
                 let src = &tap[co * g.cin..(co + 1) * g.cin];
                 for (ci, v) in src.iter().enumerate() {
                     row[ci * kk + t] = row[ci * kk + t] + *v;
