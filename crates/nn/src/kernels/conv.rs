@@ -474,7 +474,7 @@ mod tests {
         // large images: tiles end inside images, and one tile spans the end of one and the start of the next
         let [x, w, b] = tensors(&mut rng, &[2, 512, 192, 160], 3, 3, 4, DType::F32);
         let g = Geom::new(x.dims(), w.dims(), 2, (1, 1)).unwrap();
-        assert!(g.tile::<f32>() < g.p() && g.p() % g.tile::<f32>() != 0);
+        assert!(g.tile::<f32>() < g.p() && !g.p().is_multiple_of(g.tile::<f32>()));
         check(&x, &w, &b, 2);
         // stride 1 with a large share of padding (8×8) takes im2col; 40×40 takes the shifted taps
         for hw in [8, 40] {
