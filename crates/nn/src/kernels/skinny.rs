@@ -84,25 +84,12 @@ mod avx512 {
         // rows; a prefetch per row 1 KiB ahead, issued every 16 columns (a prefetch is a load uop),
         // left half-precision rows compute-bound.
         let line = 64 / std::mem::size_of::<T>();
-        while c + line <= len {
-            for j in 0..N {
-                _mm_prefetch::<_MM_HINT_T0>(w0.wrapping_add(N * len + c * N + j * line) as *const i8);
-            }
-            let end = c + line;
-            while c < end {
-                for j in 0..N {
-                    w[j] = T::load16(ws[j].add(c));
-                }
-                for i in 0..M {
-                    let x = _mm512_loadu_ps(xs[i].add(c));
-                    for j in 0..N {
-                        acc[i][j] = _mm512_fmadd_ps(x, w[j], acc[i][j]);
-                    }
-                }
-                c += 16;
-            }
-        }
         while c + 16 <= len {
+            if c % line == 0 {
+                for j in 0..N {
+                    _mm_prefetch::<_MM_HINT_T0>(w0.wrapping_add(N * len + c * N + j * line) as *const i8);
+                }
+            }
             for j in 0..N {
                 w[j] = T::load16(ws[j].add(c));
             }
