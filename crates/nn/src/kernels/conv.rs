@@ -173,17 +173,12 @@ fn forward<T: Real>(g: &Geom, x: &[T], w: &[T], b: &[T]) -> Vec<T> {
         }
         return y;
     }
-    let tile = g.tile::<T>();
-    T::with_scratch((k + g.cout) * tile, |buf| {
-        let (col, out) = buf.split_at_mut(k * tile);
-        for q0 in (0..g.n * p).step_by(tile) {
-            let len = tile.min(g.n * p - q0);
-            im2col(g, x, q0, len, col);
-            unsafe {
-                gemm(g.cout, len, k, out.as_mut_ptr(), len, 1, false, Mat::row_major(w, k), Mat::row_major(col, len))
-            };
-            scatter(g, g.cout, out, b, q0, len, &mut y);
-        }
+    for_tiles(g, |q0, len, col, out| {
+        im2col(g, x, q0, len, col);
+        unsafe {
+            gemm(g.cout, len, k, out.as_mut_ptr(), len, 1, false, Mat::row_major(w, k), Mat::row_major(col, len))
+        };
+        scatter(g, g.cout, out, b, q0, len, &mut y);
     });
     y
 }
@@ -205,15 +200,10 @@ fn backward_input<T: Real>(g: &Geom, w: &[T], dy: &[T]) -> Vec<T> {
         }
         return dx;
     }
-    let tile = g.tile::<T>();
-    T::with_scratch((k + g.cout) * tile, |buf| {
-        let (dcol, dyt) = buf.split_at_mut(k * tile);
-        for q0 in (0..g.n * p).step_by(tile) {
-            let len = tile.min(g.n * p - q0);
-            gather(g, g.cout, dy, q0, len, dyt);
-            unsafe { gemm(k, len, g.cout, dcol.as_mut_ptr(), len, 1, false, wt, Mat::row_major(dyt, len)) };
-            col2im_add(g, dcol, q0, len, &mut dx);
-        }
+    for_tiles(g, |q0, len, dcol, dyt| {
+        gather(g, g.cout, dy, q0, len, dyt);
+        unsafe { gemm(k, len, g.cout, dcol.as_mut_ptr(), len, 1, false, wt, Mat::row_major(dyt, len)) };
+        col2im_add(g, dcol, q0, len, &mut dx);
     });
     dx
 }
@@ -229,15 +219,22 @@ fn weight_grad_im2col<T: Real>(g: &Geom, x: &[T], dy: &[T], dw: &mut [T]) {
         }
         return;
     }
-    let tile = g.tile::<T>();
+    for_tiles(g, |q0, len, col, dyt| {
+        im2col(g, x, q0, len, col);
+        gather(g, g.cout, dy, q0, len, dyt);
+        let (lhs, rhs) = (Mat::row_major(dyt, len), Mat::transposed(col, len));
+        unsafe { gemm(g.cout, k, len, dw.as_mut_ptr(), k, 1, q0 > 0, lhs, rhs) };
+    });
+}
+
+/// Runs `f(q0, len, a, b)` over the batch's im2col tiles (output pixels `q0..q0 + len`, image-major),
+/// with per-thread scratch `a` of K·len and `b` of cout·len elements.
+fn for_tiles<T: Real>(g: &Geom, mut f: impl FnMut(usize, usize, &mut [T], &mut [T])) {
+    let (total, k, tile) = (g.n * g.p(), g.k(), g.tile::<T>());
     T::with_scratch((k + g.cout) * tile, |buf| {
-        let (col, dyt) = buf.split_at_mut(k * tile);
-        for q0 in (0..g.n * p).step_by(tile) {
-            let len = tile.min(g.n * p - q0);
-            im2col(g, x, q0, len, col);
-            gather(g, g.cout, dy, q0, len, dyt);
-            let (lhs, rhs) = (Mat::row_major(dyt, len), Mat::transposed(col, len));
-            unsafe { gemm(g.cout, k, len, dw.as_mut_ptr(), k, 1, q0 > 0, lhs, rhs) };
+        let (a, b) = buf.split_at_mut(k * tile);
+        for q0 in (0..total).step_by(tile) {
+            f(q0, tile.min(total - q0), a, b);
         }
     });
 }
