@@ -55,3 +55,19 @@ fn the_shipped_gpt_draws_the_requested_classes() {
         assert!(acc >= 80.0, "{class}: {acc}% of the samples judged as asked");
     }
 }
+
+#[test]
+fn one_thread_or_two_draw_the_same_image() {
+    // commands run on a worker of rayon's pool, built from `--threads` before the command starts: with
+    // one thread every parallel op runs inline on it, and the sampler's arithmetic does not depend on
+    // how the work is split
+    let dir = temp_dir("demo-gpt-threads");
+    let png = |threads: &str| {
+        let out = dir.join(format!("t{threads}.png"));
+        let args = ["sample", "--model", "gpt", "--class", "7", "--num-samples", "2", "--seed", "3"];
+        let o = run_gen!(args.iter().copied().chain(["--quiet", "--threads", threads, "--out", out.to_str().unwrap()]));
+        gen_tests::assert_ok(&o);
+        std::fs::read(&out).unwrap()
+    };
+    assert_eq!(png("1"), png("2"));
+}
