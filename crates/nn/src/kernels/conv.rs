@@ -130,10 +130,10 @@ fn col2im_add<T: Real>(g: &Geom, dcol: &[T], q0: usize, len: usize, dx: &mut [T]
     }
 }
 
-/// t[ch, len] ← a[n, ch, p] over the batch's pixels q0..q0+len (`gather`), or the reverse plus a
-/// per-channel bias (`scatter`).
-fn gather<T: Real>(g: &Geom, ch: usize, a: &[T], q0: usize, len: usize, t: &mut [T]) {
-    let p = g.p();
+/// t[cout, len] ← a[n, cout, p] over the batch's output pixels q0..q0+len (`gather`), or the reverse
+/// plus a per-channel bias (`scatter`).
+fn gather<T: Real>(g: &Geom, a: &[T], q0: usize, len: usize, t: &mut [T]) {
+    let (p, ch) = (g.p(), g.cout);
     t[..ch * len].par_chunks_mut(len).enumerate().for_each(|(c, row)| {
         for (i, p0, l, off) in segments(g, q0, len) {
             row[off..off + l].copy_from_slice(&a[(i * ch + c) * p + p0..][..l]);
@@ -141,8 +141,8 @@ fn gather<T: Real>(g: &Geom, ch: usize, a: &[T], q0: usize, len: usize, t: &mut 
     });
 }
 
-fn scatter<T: Real>(g: &Geom, ch: usize, t: &[T], b: &[T], q0: usize, len: usize, a: &mut [T]) {
-    let p = g.p();
+fn scatter<T: Real>(g: &Geom, t: &[T], b: &[T], q0: usize, len: usize, a: &mut [T]) {
+    let (p, ch) = (g.p(), g.cout);
     for (i, p0, l, off) in segments(g, q0, len) {
         a[i * ch * p..(i + 1) * ch * p].par_chunks_mut(p).enumerate().for_each(|(c, row)| {
             for (d, &v) in row[p0..p0 + l].iter_mut().zip(&t[c * len + off..][..l]) {
@@ -178,7 +178,7 @@ fn forward<T: Real>(g: &Geom, x: &[T], w: &[T], b: &[T]) -> Vec<T> {
         unsafe {
             gemm(g.cout, len, k, out.as_mut_ptr(), len, 1, false, Mat::row_major(w, k), Mat::row_major(col, len))
         };
-        scatter(g, g.cout, out, b, q0, len, &mut y);
+        scatter(g, out, b, q0, len, &mut y);
     });
     y
 }
@@ -201,7 +201,7 @@ fn backward_input<T: Real>(g: &Geom, w: &[T], dy: &[T]) -> Vec<T> {
         return dx;
     }
     for_tiles(g, |q0, len, dcol, dyt| {
-        gather(g, g.cout, dy, q0, len, dyt);
+        gather(g, dy, q0, len, dyt);
         unsafe { gemm(k, len, g.cout, dcol.as_mut_ptr(), len, 1, false, wt, Mat::row_major(dyt, len)) };
         col2im_add(g, dcol, q0, len, &mut dx);
     });
@@ -221,7 +221,7 @@ fn weight_grad_im2col<T: Real>(g: &Geom, x: &[T], dy: &[T], dw: &mut [T]) {
     }
     for_tiles(g, |q0, len, col, dyt| {
         im2col(g, x, q0, len, col);
-        gather(g, g.cout, dy, q0, len, dyt);
+        gather(g, dy, q0, len, dyt);
         let (lhs, rhs) = (Mat::row_major(dyt, len), Mat::transposed(col, len));
         unsafe { gemm(g.cout, k, len, dw.as_mut_ptr(), k, 1, q0 > 0, lhs, rhs) };
     });

@@ -48,24 +48,22 @@ fn group(g: &Geom, pd: &Padded) -> usize {
     (GROUP_COLS / pd.plane()).clamp(1, g.n.max(1))
 }
 
-/// Images `i0..i0 + m` of `src` [n, ch, rows, cols] → `dst` [ch, m, hp, wp]: each channel's images side by
-/// side on the padded pitch, placed at (`top`, `left`), zeros elsewhere.
-#[allow(clippy::too_many_arguments)]
-fn scatter<T: Real>(
+/// The images `src` [m, ch, rows, cols] → `dst` [ch, m, hp, wp]: each channel's images side by side on
+/// the padded pitch, placed at (`top`, `left`), zeros elsewhere.
+fn pad_images<T: Real>(
     src: &[T],
     ch: usize,
     (rows, cols): (usize, usize),
-    i0: usize,
-    m: usize,
     pd: &Padded,
     (top, left): (usize, usize),
     dst: &mut [T],
 ) {
     let (plane, img) = (pd.plane(), rows * cols);
+    let m = src.len() / (ch * img);
     dst.par_chunks_mut(m * plane).enumerate().for_each(|(c, row)| {
         row.fill(T::default());
         for (a, d) in row.chunks_mut(plane).enumerate() {
-            let s = &src[((i0 + a) * ch + c) * img..][..img];
+            let s = &src[(a * ch + c) * img..][..img];
             for y in 0..rows {
                 let d0 = (y + top) * pd.wp + left;
                 d[d0..d0 + cols].copy_from_slice(&s[y * cols..(y + 1) * cols]);
@@ -100,14 +98,14 @@ pub fn forward<T: Real>(g: &Geom, x: &[T], w: &[T], b: &[T]) -> Vec<T> {
     let (ho, wo, plane) = (g.ho(), g.wo(), pd.plane());
     let wt = taps(g, w);
     let mut y = vec![T::default(); g.n * g.cout * ho * wo];
-    let per = group(g, &pd);
+    let (per, xi) = (group(g, &pd), g.cin * g.h * g.w);
     T::with_scratch((g.cin + g.cout) * per * plane, |buf| {
         let (xpad, full) = buf.split_at_mut(g.cin * per * plane);
         for i0 in (0..g.n).step_by(per) {
             let m = per.min(g.n - i0);
             let row = m * plane; // one channel's images
             let (xpad, full) = (&mut xpad[..g.cin * row], &mut full[..g.cout * row]);
-            scatter(x, g.cin, (g.h, g.w), i0, m, &pd, (g.pad_h, g.pad_w), xpad);
+            pad_images(&x[i0 * xi..(i0 + m) * xi], g.cin, (g.h, g.w), &pd, (g.pad_h, g.pad_w), xpad);
             full.par_chunks_mut(row).zip(b.par_iter()).for_each(|(r, &bv)| r.fill(bv));
             for ki in 0..g.kh {
                 for kj in 0..g.kw {
@@ -163,7 +161,7 @@ pub fn flipped<T: Real>(g: &Geom, w: &[T]) -> (Geom, Vec<T>) {
 pub fn backward_weight<T: Real>(g: &Geom, x: &[T], dy: &[T], dw: &mut [T]) {
     let pd = Padded::of(g);
     let (ho, wo, kk, k, plane) = (g.ho(), g.wo(), g.kh * g.kw, g.cin * g.kh * g.kw, pd.plane());
-    let per = group(g, &pd);
+    let (per, xi, dyi) = (group(g, &pd), g.cin * g.h * g.w, g.cout * ho * wo);
     let (nx, ndy) = (g.cin * per * plane, g.cout * per * plane);
     let wplane = g.cout * g.cin;
     T::with_scratch(nx + ndy + kk * wplane, |buf| {
@@ -176,8 +174,8 @@ pub fn backward_weight<T: Real>(g: &Geom, x: &[T], dy: &[T], dw: &mut [T]) {
             let m = per.min(g.n - i0);
             let row = m * plane;
             let (xpad, dyfull) = (&mut xpad[..g.cin * row], &mut dyfull[..g.cout * row]);
-            scatter(x, g.cin, (g.h, g.w), i0, m, &pd, (g.pad_h, g.pad_w), xpad);
-            scatter(dy, g.cout, (ho, wo), i0, m, &pd, (0, 0), dyfull);
+            pad_images(&x[i0 * xi..(i0 + m) * xi], g.cin, (g.h, g.w), &pd, (g.pad_h, g.pad_w), xpad);
+            pad_images(&dy[i0 * dyi..(i0 + m) * dyi], g.cout, (ho, wo), &pd, (0, 0), dyfull);
             for ki in 0..g.kh {
                 for kj in 0..g.kw {
                     let lhs = Mat { ptr: dyfull.as_ptr(), rs: row as isize, cs: 1 };

@@ -1,8 +1,8 @@
 //! GPT items: the official GPT-LC size (24 × 16 × 1024, vocabulary 101,000) with random weights, one
 //! image of 256 tokens (class 207) per sequence: our KV-cache sampler in f32 and f16 weights at batch 1
 //! and 16, and the official-style full recompute (at batch 1 whole, at batch 16 one step in 32); and a
-//! 2 GiB read, the bandwidth bound. The
-//! baseline (`bench/gpt_bench.py`) is Hugging Face `transformers` GPT-2 of the same size with its KV cache.
+//! 2 GiB read, the bandwidth bound. The baseline (`bench/gpt_bench.py`) is Hugging Face `transformers`
+//! GPT-2 of the same size with its KV cache.
 
 use anyhow::Result;
 use candle_core::{DType, Device, Tensor};
