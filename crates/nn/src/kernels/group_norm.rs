@@ -3,7 +3,10 @@
 //! Candle's GroupNorm is a chain of ~10 elementwise/reduce ops, each a full pass over the tensor
 //! (CANDLE-NOTES §4). Here each (sample, group) slice, contiguous in NCHW, is one rayon task: mean and variance
 //! (two passes, f64 block sums), then `y = x·a_c + b_c` with `a_c = γ_c·rstd`, `b_c = β_c − mean·a_c`
-//! (torch's form), then SiLU in place. The backward recomputes the statistics instead of storing them.
+//! (torch's form), then SiLU in place. The forward keeps each group's (mean, rstd) for the backward, as
+//! torch saves them (N·G pairs); a backward without them (an op built by hand) recomputes them.
+
+use std::sync::{Arc, OnceLock};
 
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -22,11 +25,19 @@ fn stats<T: Real>(xs: &[T], eps: f64) -> (T, T) {
     (T::from_f64(k.to_f64() + d), T::from_f64(1.0 / (var + eps).sqrt()))
 }
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct GroupNormOp {
     pub groups: usize,
     pub eps: f64,
     pub silu: bool,
+    /// (mean, rstd) per (sample, group), in f64, set by the forward for the backward of the same node.
+    pub saved: Arc<OnceLock<Vec<(f64, f64)>>>,
+}
+
+impl GroupNormOp {
+    pub fn new(groups: usize, eps: f64, silu: bool) -> Self {
+        Self { groups, eps, silu, saved: Arc::default() }
+    }
 }
 
 impl GroupNormOp {
@@ -45,26 +56,34 @@ impl GroupNormOp {
         // the output is written exactly once, so it is not zero-filled first (a memset of the whole output)
         let mut y: Vec<T> = Vec::with_capacity(x.len());
         let out = &mut y.spare_capacity_mut()[..x.len()];
-        out.par_chunks_mut(len).zip(x.par_chunks(len)).enumerate().for_each(|(ng, (yg, xg))| {
-            let g = ng % self.groups;
-            let (mean, rstd) = stats(xg, self.eps);
-            for j in 0..cpg {
-                let ch = g * cpg + j;
-                let a = w[ch] * rstd;
-                let sh = b[ch] - mean * a;
-                let (xs, ys) = (&xg[j * hw..(j + 1) * hw], &mut yg[j * hw..(j + 1) * hw]);
-                if self.silu {
-                    for (yv, &xv) in ys.iter_mut().zip(xs) {
-                        let u = xv * a + sh;
-                        yv.write(u * u.sigmoid());
-                    }
-                } else {
-                    for (yv, &xv) in ys.iter_mut().zip(xs) {
-                        yv.write(xv * a + sh);
+        let saved: Vec<(f64, f64)> = out
+            .par_chunks_mut(len)
+            .zip(x.par_chunks(len))
+            .enumerate()
+            .map(|(ng, (yg, xg))| {
+                let g = ng % self.groups;
+                let (mean, rstd) = stats(xg, self.eps);
+                for j in 0..cpg {
+                    let ch = g * cpg + j;
+                    let a = w[ch] * rstd;
+                    let sh = b[ch] - mean * a;
+                    let (xs, ys) = (&xg[j * hw..(j + 1) * hw], &mut yg[j * hw..(j + 1) * hw]);
+                    if self.silu {
+                        for (yv, &xv) in ys.iter_mut().zip(xs) {
+                            let u = xv * a + sh;
+                            yv.write(u * u.sigmoid());
+                        }
+                    } else {
+                        for (yv, &xv) in ys.iter_mut().zip(xs) {
+                            yv.write(xv * a + sh);
+                        }
                     }
                 }
-            }
-        });
+                (mean.to_f64(), rstd.to_f64())
+            })
+            .collect();
+        // a node's forward runs once; a second forward of one op (reused by hand) keeps the first
+        let _ = self.saved.set(saved);
         // SAFETY: the groups tile `out` exactly (x.len() = n·groups·len) and every element was written
         unsafe { y.set_len(x.len()) };
         y
@@ -101,7 +120,7 @@ impl CustomOp3 for GroupNormOp {
         let c = w.dim(0)?;
         let n = x.elem_count();
         let wb = Tensor::stack(&[w, b], 0)?;
-        let packed = x.apply_op3_no_bwd(&wb, &dy.contiguous()?, &GroupNormBwd(*self))?;
+        let packed = x.apply_op3_no_bwd(&wb, &dy.contiguous()?, &GroupNormBwd(self.clone()))?;
         let dx = packed.narrow(0, 0, n)?.reshape(x.shape())?;
         let dw = packed.narrow(0, n, c)?;
         let db = packed.narrow(0, n + c, c)?;
@@ -114,11 +133,12 @@ struct GroupNormBwd(GroupNormOp);
 
 impl GroupNormBwd {
     fn run<T: Real>(&self, x: &[T], wb: &[T], dy: &[T], c: usize, hw: usize) -> Vec<T> {
-        let op = self.0;
+        let op = &self.0;
         let (w, b) = wb.split_at(c);
         let cpg = c / op.groups;
         let len = cpg * hw;
         let numel = x.len();
+        let saved = op.saved.get().filter(|s| s.len() * len == numel);
         // every element is written before it is read (dx in pass 1, dγ/dβ at the end): no zero-fill
         let mut out: Vec<T> = Vec::with_capacity(numel + 2 * c);
         let dx = &mut out.spare_capacity_mut()[..numel];
@@ -129,7 +149,10 @@ impl GroupNormBwd {
             .enumerate()
             .map(|(ng, (dxg, (xg, dyg)))| {
                 let g = ng % op.groups;
-                let (mean, rstd) = stats(xg, op.eps);
+                let (mean, rstd) = match saved {
+                    Some(s) => (T::from_f64(s[ng].0), T::from_f64(s[ng].1)),
+                    None => stats(xg, op.eps),
+                };
                 let mut per_channel = Vec::with_capacity(cpg);
                 // pass 1: du = dy·silu'(u) into dx; Σdu and Σdu·x per channel
                 for j in 0..cpg {
@@ -224,7 +247,7 @@ pub fn try_fused(x: &Tensor, w: &Tensor, b: &Tensor, groups: usize, eps: f64, si
         return Ok(None);
     }
     let (w, b) = (w.to_dtype(x.dtype())?, b.to_dtype(x.dtype())?);
-    let y = x.contiguous()?.apply_op3(&w.contiguous()?, &b.contiguous()?, GroupNormOp { groups, eps, silu })?;
+    let y = x.contiguous()?.apply_op3(&w.contiguous()?, &b.contiguous()?, GroupNormOp::new(groups, eps, silu))?;
     Ok(Some(y))
 }
 
@@ -250,10 +273,27 @@ mod tests {
         for silu in [false, true] {
             for shape in [[2usize, 64, 3, 5], [1, 32, 4, 4]] {
                 let (x, w, b) = inputs(&mut rng, &shape, DType::F64);
-                let f = |t: &[Tensor]| t[0].apply_op3(&t[1], &t[2], GroupNormOp { groups: 32, eps: 1e-6, silu });
+                let f = |t: &[Tensor]| t[0].apply_op3(&t[1], &t[2], GroupNormOp::new(32, 1e-6, silu));
                 let err = gradcheck(&f, &[x, w, b], 1e-6, 200).unwrap();
                 assert!(err < 1e-6, "silu {silu} shape {shape:?}: relative error {err}");
             }
+        }
+    }
+
+    #[test]
+    fn backward_from_saved_statistics_equals_recomputed() {
+        let mut rng = Rng::new(5);
+        for silu in [false, true] {
+            let (x, w, b) = inputs(&mut rng, &[2, 64, 6, 7], DType::F32);
+            let dy = rng.randn(&[2, 64, 6, 7][..], 1.0, &Device::Cpu).unwrap();
+            let wb = Tensor::stack(&[&w, &b], 0).unwrap();
+            let op = GroupNormOp::new(32, 1e-6, silu);
+            x.apply_op3_no_bwd(&w, &b, &op).unwrap();
+            assert_eq!(op.saved.get().map(Vec::len), Some(2 * 32), "the forward keeps one pair per group");
+            let saved = x.apply_op3_no_bwd(&wb, &dy, &GroupNormBwd(op)).unwrap();
+            let fresh = x.apply_op3_no_bwd(&wb, &dy, &GroupNormBwd(GroupNormOp::new(32, 1e-6, silu))).unwrap();
+            let d = (saved - fresh).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            assert_eq!(d, 0.0, "silu {silu}");
         }
     }
 

@@ -43,6 +43,7 @@ pub(crate) mod reference;
 pub(crate) mod rows;
 pub(crate) mod simd;
 pub(crate) mod skinny;
+pub(crate) mod sum_product;
 #[cfg(test)]
 mod tests;
 
@@ -65,6 +66,7 @@ pub use gelu::{gelu, Gelu};
 pub use linear_ce::linear_cross_entropy;
 pub use pool::max_pool2d;
 pub use rows::{layer_norm, softmax_last_dim, softmax_last_dim_causal};
+pub use sum_product::sum_product;
 
 /// `conv2d(x, w) + b` with symmetric zero padding.
 pub fn conv2d(x: &Tensor, w: &Tensor, b: Option<&Tensor>, stride: usize, padding: usize) -> Result<Tensor> {

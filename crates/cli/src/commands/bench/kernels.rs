@@ -82,7 +82,7 @@ fn conv(backward: bool) -> Result<Timed> {
     Ok(Box::new(move || {
         let y = kernels::conv2d(x.as_tensor(), w.as_tensor(), Some(b.as_tensor()), 1, 1)?;
         if backward {
-            (y * &g)?.sum_all()?.backward()?;
+            kernels::sum_product(&y, &g)?.backward()?;
         }
         Ok(())
     }))
@@ -97,7 +97,7 @@ fn group_norm(silu: bool, backward: bool) -> Result<Timed> {
     Ok(Box::new(move || {
         let y = kernels::group_norm(x.as_tensor(), w.as_tensor(), b.as_tensor(), 32, 1e-6, silu)?;
         if backward {
-            (y * &g)?.sum_all()?.backward()?;
+            kernels::sum_product(&y, &g)?.backward()?;
         }
         Ok(())
     }))
