@@ -10,6 +10,7 @@ use rayon::prelude::*;
 use super::conv_s1;
 use super::gemm::{gemm, Mat};
 use super::real::Real;
+use super::winograd;
 
 const COL_BYTES: usize = 32 << 20;
 
@@ -159,6 +160,9 @@ fn shifted(g: &Geom) -> bool {
 }
 
 fn forward<T: Real>(g: &Geom, x: &[T], w: &[T], b: &[T]) -> Vec<T> {
+    if winograd::applies(g) {
+        return winograd::forward(g, x, w, b);
+    }
     if shifted(g) {
         return conv_s1::forward(g, x, w, b);
     }

@@ -46,6 +46,7 @@ pub(crate) mod skinny;
 pub(crate) mod sum_product;
 #[cfg(test)]
 mod tests;
+pub(crate) mod winograd;
 
 use candle_core::{Result, Tensor};
 
