@@ -247,7 +247,9 @@ fn for_tiles<T: Real>(g: &Geom, mut f: impl FnMut(usize, usize, &mut [T], &mut [
 fn backward_weight<T: Real>(g: &Geom, x: &[T], dy: &[T]) -> Vec<T> {
     let (p, k) = (g.p(), g.k());
     let mut out = vec![T::default(); g.cout * k + g.cout];
-    if shifted(g) {
+    if winograd::applies(g) {
+        winograd::backward_weight(g, x, dy, &mut out[..g.cout * k]);
+    } else if shifted(g) {
         conv_s1::backward_weight(g, x, dy, &mut out[..g.cout * k]);
     } else {
         weight_grad_im2col(g, x, dy, &mut out[..g.cout * k]);
@@ -398,6 +400,7 @@ mod tests {
         ([5, 3, 4, 6], 3, 3, 2, 1, (1, 1)),   // stride 1, a batch of five (the weight gradient sums them)
         ([4, 2, 6, 5], 3, 3, 3, 1, (0, 0)),   // stride 1 unpadded
         ([3, 2, 40, 38], 3, 3, 2, 1, (1, 1)), // stride 1, images side by side in groups of 2 and 1
+        ([2, 16, 7, 6], 3, 3, 16, 1, (1, 1)), // 3×3 stride 1 with 16 channels: the Winograd path
     ];
 
     fn tensors(rng: &mut Rng, x: &[usize], kh: usize, kw: usize, cout: usize, dtype: DType) -> [Tensor; 3] {

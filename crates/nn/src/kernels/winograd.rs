@@ -34,6 +34,13 @@ pub fn applies(g: &Geom) -> bool {
         && g.wo() > 0
 }
 
+/// A row pitch of an odd number of elements for `n`: the GEMMs read 16-row blocks at 16 pitches apart,
+/// and an even pitch with many factors of two puts those rows in a few cache sets (at 128 channels
+/// every one in the same set; the packing of the operands then ran from L2).
+fn padded(n: usize) -> usize {
+    n | 1
+}
+
 /// Tile rows and columns of one image.
 fn tiles(g: &Geom) -> (usize, usize) {
     (g.ho().div_ceil(2), g.wo().div_ceil(2))
@@ -42,8 +49,9 @@ fn tiles(g: &Geom) -> (usize, usize) {
 /// `U = G g Gᵀ` for every (cout, cin): `G = [[1, 0, 0], [½, ½, ½], [½, −½, ½], [0, 0, 1]]`.
 fn transform_weights<T: Real>(g: &Geom, w: &[T]) -> Vec<T> {
     let half = T::from_f64(0.5);
-    let mut u = vec![T::default(); g.cout * 16 * g.cin];
-    u.par_chunks_mut(16 * g.cin).enumerate().for_each(|(co, uc)| {
+    let ldc = padded(g.cin);
+    let mut u = vec![T::default(); g.cout * 16 * ldc];
+    u.par_chunks_mut(16 * ldc).enumerate().for_each(|(co, uc)| {
         for ci in 0..g.cin {
             let k = &w[(co * g.cin + ci) * 9..][..9];
             // rows: t = G·k (4×3)
@@ -60,7 +68,7 @@ fn transform_weights<T: Real>(g: &Geom, w: &[T]) -> Vec<T> {
                 let (a, b, c) = (t[3 * r], t[3 * r + 1], t[3 * r + 2]);
                 let row = [a, half * (a + b + c), half * (a - b + c), c];
                 for (j, v) in row.into_iter().enumerate() {
-                    uc[(4 * r + j) * g.cin + ci] = v;
+                    uc[(4 * r + j) * ldc + ci] = v;
                 }
             }
         }
@@ -72,13 +80,14 @@ fn transform_weights<T: Real>(g: &Geom, w: &[T]) -> Vec<T> {
 /// `Bᵀ = [[1, 0, −1, 0], [0, 1, 1, 0], [0, −1, 1, 0], [0, 1, 0, −1]]`. Row by row over whole tile rows,
 /// so every step is a contiguous vector operation: the four input rows combine into `Bᵀd`, whose even
 /// and odd columns then give the column transform of all tiles at once.
-fn transform_input<T: Real>(g: &Geom, x: &[T], r0: usize, rows: usize, v: &mut [T]) {
+fn transform_input<T: Real>(g: &Geom, x: &[T], r0: usize, rows: usize, ld: usize, v: &mut [T]) {
     let (th, tw) = tiles(g);
-    let (hw, wp, len) = (g.h * g.w, 2 * tw + 2, rows * tw);
-    v[..g.cin * 16 * len].par_chunks_mut(16 * len).enumerate().for_each(|(ci, vc)| {
+    let (hw, wp) = (g.h * g.w, 2 * tw + 2);
+    v[..g.cin * 16 * ld].par_chunks_mut(16 * ld).enumerate().for_each(|(ci, vc)| {
         // d: 4 zero-padded input rows; s: Bᵀd split into even / odd columns (tw + 1 each)
         let mut d = vec![T::default(); 4 * wp];
-        let mut s = vec![T::default(); 8 * (tw + 1)];
+        let mut r = vec![T::default(); wp];
+        let mut s = vec![T::default(); 2 * (tw + 1)];
         for rr in 0..rows {
             let (img, ty) = ((r0 + rr) / th, (r0 + rr) % th);
             let plane = &x[(img * g.cin + ci) * hw..][..hw];
@@ -94,34 +103,37 @@ fn transform_input<T: Real>(g: &Geom, x: &[T], r0: usize, rows: usize, v: &mut [
             let (d0, rest) = d.split_at(wp);
             let (d1, rest) = rest.split_at(wp);
             let (d2, d3) = rest.split_at(wp);
-            for (k, (se, so)) in s.chunks_mut(2 * (tw + 1)).map(|c| c.split_at_mut(tw + 1)).enumerate() {
-                for c in 0..tw + 1 {
-                    let (e, o) = (2 * c, 2 * c + 1);
-                    let (ve, vo) = match k {
-                        0 => (d0[e] - d2[e], d0[o] - d2[o]),
-                        1 => (d1[e] + d2[e], d1[o] + d2[o]),
-                        2 => (d2[e] - d1[e], d2[o] - d1[o]),
-                        _ => (d1[e] - d3[e], d1[o] - d3[o]),
-                    };
-                    se[c] = ve;
-                    so[c] = vo;
-                }
-            }
             let base = rr * tw;
             for k in 0..4 {
-                let (se, so) = s[k * 2 * (tw + 1)..(k + 1) * 2 * (tw + 1)].split_at(tw + 1);
-                let out = |j: usize| (4 * k + j) * len + base;
-                for t in 0..tw {
-                    vc[out(0) + t] = se[t] - se[t + 1];
+                // row k of Bᵀd over the full width, then split into even / odd columns
+                let (a, b, sign) = match k {
+                    0 => (d0, d2, -1.0),
+                    1 => (d1, d2, 1.0),
+                    2 => (d2, d1, -1.0),
+                    _ => (d1, d3, -1.0),
+                };
+                let sign = T::from_f64(sign);
+                for ((o, &av), &bv) in r.iter_mut().zip(a).zip(b) {
+                    *o = av + sign * bv;
                 }
-                for t in 0..tw {
-                    vc[out(1) + t] = so[t] + se[t + 1];
+                let (se, so) = s.split_at_mut(tw + 1);
+                for ((e, o), pair) in se.iter_mut().zip(so.iter_mut()).zip(r.chunks_exact(2)) {
+                    *e = pair[0];
+                    *o = pair[1];
                 }
-                for t in 0..tw {
-                    vc[out(2) + t] = se[t + 1] - so[t];
+                let (e0, e1, o0, o1) = (&se[..tw], &se[1..], &so[..tw], &so[1..]);
+                let at = |j: usize| (4 * k + j) * ld + base;
+                for ((o, &a), &b) in vc[at(0)..][..tw].iter_mut().zip(e0).zip(e1) {
+                    *o = a - b;
                 }
-                for t in 0..tw {
-                    vc[out(3) + t] = so[t] - so[t + 1];
+                for ((o, &a), &b) in vc[at(1)..][..tw].iter_mut().zip(o0).zip(e1) {
+                    *o = a + b;
+                }
+                for ((o, &a), &b) in vc[at(2)..][..tw].iter_mut().zip(e1).zip(o0) {
+                    *o = a - b;
+                }
+                for ((o, &a), &b) in vc[at(3)..][..tw].iter_mut().zip(o0).zip(o1) {
+                    *o = a - b;
                 }
             }
         }
@@ -130,12 +142,13 @@ fn transform_input<T: Real>(g: &Geom, x: &[T], r0: usize, rows: usize, v: &mut [
 
 /// `y = Aᵀ M A + b` for the tile rows `r0..r0 + rows`, cropped at odd edges:
 /// `Aᵀ = [[1, 1, 1, 0], [0, 1, −1, −1]]`. `y` holds the images the chunk touches, from image `img0` on.
-fn transform_output<T: Real>(g: &Geom, m: &[T], b: &[T], r0: usize, rows: usize, img0: usize, y: &mut [T]) {
+#[allow(clippy::too_many_arguments)]
+fn transform_output<T: Real>(g: &Geom, m: &[T], b: &[T], r0: usize, rows: usize, ld: usize, img0: usize, y: &mut [T]) {
     let (th, tw) = tiles(g);
-    let (ho, wo, len) = (g.ho(), g.wo(), rows * tw);
+    let (ho, wo) = (g.ho(), g.wo());
     y.par_chunks_mut(ho * wo).enumerate().for_each(|(plane_index, plane)| {
         let (img, co) = (img0 + plane_index / g.cout, plane_index % g.cout);
-        let mc = &m[co * 16 * len..][..16 * len];
+        let mc = &m[co * 16 * ld..][..16 * ld];
         let bias = b[co];
         // s[i][j]: row i of AᵀM, column j, for every tile of the row
         let mut s = vec![T::default(); 8 * tw];
@@ -145,12 +158,15 @@ fn transform_output<T: Real>(g: &Geom, m: &[T], b: &[T], r0: usize, rows: usize,
         for r in first..last {
             let (base, ty) = ((r - r0) * tw, r - img * th);
             for j in 0..4 {
-                let row = |i: usize| &mc[(4 * i + j) * len + base..][..tw];
+                let row = |i: usize| &mc[(4 * i + j) * ld + base..][..tw];
                 let (m0, m1, m2, m3) = (row(0), row(1), row(2), row(3));
                 let (s0, s1) = s.split_at_mut(4 * tw);
-                for t in 0..tw {
-                    s0[j * tw + t] = m0[t] + m1[t] + m2[t];
-                    s1[j * tw + t] = m1[t] - m2[t] - m3[t];
+                let (s0, s1) = (&mut s0[j * tw..][..tw], &mut s1[j * tw..][..tw]);
+                for (((a, b), (&v0, &v1)), (&v2, &v3)) in
+                    s0.iter_mut().zip(s1.iter_mut()).zip(m0.iter().zip(m1)).zip(m2.iter().zip(m3))
+                {
+                    *a = v0 + v1 + v2;
+                    *b = v1 - v2 - v3;
                 }
             }
             for i in 0..2 {
@@ -164,9 +180,11 @@ fn transform_output<T: Real>(g: &Geom, m: &[T], b: &[T], r0: usize, rows: usize,
                 let (c, e) = rest.split_at(tw);
                 let out = &mut plane[oy * wo..(oy + 1) * wo];
                 let full = wo / 2;
-                for (t, pair) in out[..2 * full].chunks_exact_mut(2).enumerate() {
-                    pair[0] = a[t] + bb[t] + c[t] + bias;
-                    pair[1] = bb[t] - c[t] - e[t] + bias;
+                for (pair, ((&va, &vb), (&vc, &ve))) in
+                    out[..2 * full].chunks_exact_mut(2).zip(a.iter().zip(bb).zip(c.iter().zip(e)))
+                {
+                    pair[0] = va + vb + vc + bias;
+                    pair[1] = vb - vc - ve + bias;
                 }
                 if wo % 2 == 1 {
                     out[wo - 1] = a[full] + bb[full] + c[full] + bias;
@@ -184,30 +202,140 @@ pub fn forward<T: Real>(g: &Geom, x: &[T], w: &[T], b: &[T]) -> Vec<T> {
 fn forward_in_chunks<T: Real>(g: &Geom, x: &[T], w: &[T], b: &[T], chunk_bytes: usize) -> Vec<T> {
     let (th, tw) = tiles(g);
     let plane = g.ho() * g.wo();
-    // chunks of whole tile rows (image-major), at least one
+    // chunks of whole tile rows (image-major)
     let total_rows = g.n * th;
-    let rows_per_chunk = (chunk_bytes / std::mem::size_of::<T>() / (16 * (g.cin + g.cout) * tw)).clamp(1, total_rows);
+    let rows_per_chunk = rows_per_chunk::<T>(g, chunk_bytes);
     let chunk = rows_per_chunk * tw;
-    let u = transform_weights(g, w);
+    let (u, ldc) = (transform_weights(g, w), padded(g.cin));
     let mut y = vec![T::default(); g.n * g.cout * plane];
-    T::with_scratch(16 * (g.cin + g.cout) * chunk, |buf| {
-        let (v, m) = buf.split_at_mut(16 * g.cin * chunk);
+    T::with_scratch(16 * (g.cin + g.cout) * padded(chunk), |buf| {
+        let (v, m) = buf.split_at_mut(16 * g.cin * padded(chunk));
         for r0 in (0..total_rows).step_by(rows_per_chunk) {
             let rows = rows_per_chunk.min(total_rows - r0);
-            let len = rows * tw;
-            transform_input(g, x, r0, rows, v);
+            let (len, ld) = (rows * tw, padded(rows * tw));
+            transform_input(g, x, r0, rows, ld, v);
             for xi in 0..16 {
-                let lhs = Mat { ptr: u[xi * g.cin..].as_ptr(), rs: (16 * g.cin) as isize, cs: 1 };
-                let rhs = Mat { ptr: v[xi * len..].as_ptr(), rs: (16 * len) as isize, cs: 1 };
-                // SAFETY: U is [cout][16][cin], V [cin][16][len], M [cout][16][len]: every view stays in its buffer
-                unsafe { gemm(g.cout, len, g.cin, m[xi * len..].as_mut_ptr(), 16 * len, 1, false, lhs, rhs) };
+                let lhs = Mat { ptr: u[xi * ldc..].as_ptr(), rs: (16 * ldc) as isize, cs: 1 };
+                let rhs = Mat { ptr: v[xi * ld..].as_ptr(), rs: (16 * ld) as isize, cs: 1 };
+                // SAFETY: U is [cout][16][ldc], V [cin][16][ld], M [cout][16][ld]: every view stays in its buffer
+                unsafe { gemm(g.cout, len, g.cin, m[xi * ld..].as_mut_ptr(), 16 * ld, 1, false, lhs, rhs) };
             }
             let (img0, img1) = (r0 / th, (r0 + rows).div_ceil(th));
             let ys = &mut y[img0 * g.cout * plane..img1 * g.cout * plane];
-            transform_output(g, m, b, r0, rows, img0, ys);
+            transform_output(g, m, b, r0, rows, ld, img0, ys);
         }
     });
     y
+}
+
+/// `Q = A dY Aᵀ` (the gradient reaching `U ⊙ V`) for the tile rows `r0..r0 + rows` of every output
+/// channel, zero past odd edges: `A = [[1, 0], [1, 1], [1, −1], [0, −1]]`.
+fn transform_grad_output<T: Real>(g: &Geom, dy: &[T], r0: usize, rows: usize, ld: usize, q: &mut [T]) {
+    let (th, tw) = tiles(g);
+    let (ho, wo) = (g.ho(), g.wo());
+    q[..g.cout * 16 * ld].par_chunks_mut(16 * ld).enumerate().for_each(|(co, qc)| {
+        // the tile row's two dY rows, split into even / odd columns (zero past the edges)
+        let mut e = vec![T::default(); 4 * tw];
+        for rr in 0..rows {
+            let (img, ty) = ((r0 + rr) / th, (r0 + rr) % th);
+            let plane = &dy[(img * g.cout + co) * ho * wo..][..ho * wo];
+            e.fill(T::default());
+            for i in 0..2 {
+                let oy = 2 * ty + i;
+                if oy >= ho {
+                    break;
+                }
+                let row = &plane[oy * wo..(oy + 1) * wo];
+                let (ev, od) = e[2 * i * tw..2 * (i + 1) * tw].split_at_mut(tw);
+                for (t, pair) in row.chunks(2).enumerate() {
+                    ev[t] = pair[0];
+                    if pair.len() == 2 {
+                        od[t] = pair[1];
+                    }
+                }
+            }
+            let (a, rest) = e.split_at(tw);
+            let (b, rest) = rest.split_at(tw);
+            let (c, d) = rest.split_at(tw);
+            let base = rr * tw;
+            // rows of A·dY: (a, b), (a + c, b + d), (a − c, b − d), (−c, −d); then each row (u, v) → (u, u + v, u − v, −v)
+            for i in 0..4 {
+                for t in 0..tw {
+                    let (u, v) = match i {
+                        0 => (a[t], b[t]),
+                        1 => (a[t] + c[t], b[t] + d[t]),
+                        2 => (a[t] - c[t], b[t] - d[t]),
+                        _ => (T::default() - c[t], T::default() - d[t]),
+                    };
+                    qc[(4 * i) * ld + base + t] = u;
+                    qc[(4 * i + 1) * ld + base + t] = u + v;
+                    qc[(4 * i + 2) * ld + base + t] = u - v;
+                    qc[(4 * i + 3) * ld + base + t] = T::default() - v;
+                }
+            }
+        }
+    });
+}
+
+/// dW [cout, cin, 3, 3] (Σ over the batch) for a geometry [`applies`] accepts: the derivative of the
+/// forward's algebra, `∂U_ξ = Σ_tiles Q_ξ · V_ξᵀ` (16 GEMMs with the tiles as the inner dimension),
+/// then `dW = Gᵀ ∂U G`.
+pub fn backward_weight<T: Real>(g: &Geom, x: &[T], dy: &[T], dw: &mut [T]) {
+    backward_weight_in_chunks(g, x, dy, dw, CHUNK_BYTES)
+}
+
+/// Whole tile rows per chunk: as many as fit `chunk_bytes` of the two transformed operands, at least one.
+fn rows_per_chunk<T>(g: &Geom, chunk_bytes: usize) -> usize {
+    let (th, tw) = tiles(g);
+    (chunk_bytes / std::mem::size_of::<T>() / (16 * (g.cin + g.cout) * tw)).clamp(1, (g.n * th).max(1))
+}
+
+fn backward_weight_in_chunks<T: Real>(g: &Geom, x: &[T], dy: &[T], dw: &mut [T], chunk_bytes: usize) {
+    let (th, tw) = tiles(g);
+    let total_rows = g.n * th;
+    if total_rows == 0 {
+        return;
+    }
+    let rows_per_chunk = rows_per_chunk::<T>(g, chunk_bytes);
+    let chunk = rows_per_chunk * tw;
+    let ldc = padded(g.cin);
+    let mut du = vec![T::default(); g.cout * 16 * ldc];
+    T::with_scratch(16 * (g.cin + g.cout) * padded(chunk), |buf| {
+        let (v, q) = buf.split_at_mut(16 * g.cin * padded(chunk));
+        for r0 in (0..total_rows).step_by(rows_per_chunk) {
+            let rows = rows_per_chunk.min(total_rows - r0);
+            let (len, ld) = (rows * tw, padded(rows * tw));
+            transform_input(g, x, r0, rows, ld, v);
+            transform_grad_output(g, dy, r0, rows, ld, q);
+            for xi in 0..16 {
+                let lhs = Mat { ptr: q[xi * ld..].as_ptr(), rs: (16 * ld) as isize, cs: 1 };
+                let rhs = Mat { ptr: v[xi * ld..].as_ptr(), rs: 1, cs: (16 * ld) as isize };
+                // SAFETY: Q is [cout][16][ld], V [cin][16][ld], ∂U [cout][16][ldc]
+                unsafe { gemm(g.cout, g.cin, len, du[xi * ldc..].as_mut_ptr(), 16 * ldc, 1, r0 > 0, lhs, rhs) };
+            }
+        }
+    });
+    // dW = Gᵀ ∂U G, Gᵀ = [[1, ½, ½, 0], [0, ½, −½, 0], [0, ½, ½, 1]]
+    let half = T::from_f64(0.5);
+    dw.par_chunks_mut(g.cin * 9).zip(du.par_chunks(16 * ldc)).for_each(|(wc, uc)| {
+        for ci in 0..g.cin {
+            let p = |r: usize, c: usize| uc[(4 * r + c) * ldc + ci];
+            let mut t = [T::default(); 12]; // Gᵀ·∂U, 3×4
+            for c in 0..4 {
+                let (p0, p1, p2, p3) = (p(0, c), p(1, c), p(2, c), p(3, c));
+                t[c] = p0 + half * (p1 + p2);
+                t[4 + c] = half * (p1 - p2);
+                t[8 + c] = half * (p1 + p2) + p3;
+            }
+            let k = &mut wc[ci * 9..(ci + 1) * 9];
+            for r in 0..3 {
+                let (a, b, c, d) = (t[4 * r], t[4 * r + 1], t[4 * r + 2], t[4 * r + 3]);
+                k[3 * r] = a + half * (b + c);
+                k[3 * r + 1] = half * (b - c);
+                k[3 * r + 2] = half * (b + c) + d;
+            }
+        }
+    });
 }
 
 #[cfg(test)]
@@ -255,6 +383,30 @@ mod tests {
             }
             // Winograd's f32 error within a small multiple of the direct product's
             assert!(e_w < 4.0 * e_d.max(1e-6), "f32 {n}x{cin}x{h}x{w}: winograd {e_w} direct {e_d}");
+        }
+    }
+
+    #[test]
+    fn winograd_weight_gradient_equals_the_direct_one() {
+        let mut rng = Rng::new(8);
+        // (n, cin, h, w, cout, pad, chunk bytes)
+        let cases = [
+            (2, 16, 8, 8, 16, 1, CHUNK_BYTES),
+            (3, 17, 7, 5, 18, 1, CHUNK_BYTES),
+            (2, 16, 9, 6, 20, 0, CHUNK_BYTES),
+            (1, 20, 5, 7, 16, 2, CHUNK_BYTES),
+            (3, 16, 7, 7, 16, 1, 16 * 32 * 8 * 4 * 3),
+        ];
+        for (n, cin, h, w, cout, pad, bytes) in cases {
+            let g = Geom { n, cin, h, w, cout, kh: 3, kw: 3, stride: 1, pad_h: pad, pad_w: pad };
+            let x = random(&mut rng, n * cin * h * w, 1.0);
+            let dy = random(&mut rng, n * cout * g.ho() * g.wo(), 1.0);
+            let mut want = vec![0.0; cout * cin * 9];
+            conv_s1::backward_weight(&g, &x, &dy, &mut want);
+            let mut got = vec![0.0; cout * cin * 9];
+            backward_weight_in_chunks(&g, &x, &dy, &mut got, bytes);
+            let err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+            assert!(err < 1e-10, "f64 {n}x{cin}x{h}x{w} → {cout}, pad {pad}: {err}");
         }
     }
 
