@@ -46,30 +46,52 @@ fn tiles(g: &Geom) -> (usize, usize) {
     (g.ho().div_ceil(2), g.wo().div_ceil(2))
 }
 
-/// `U = G g Gᵀ` for every (cout, cin): `G = [[1, 0, 0], [½, ½, ½], [½, −½, ½], [0, 0, 1]]`.
+/// `dst = Σ c·src` over whole rows (each pass a contiguous vector loop).
+fn combine<T: Real>(dst: &mut [T], terms: &[(f64, &[T])]) {
+    let (c0, s0) = terms[0];
+    let c0 = T::from_f64(c0);
+    for (d, &v) in dst.iter_mut().zip(s0) {
+        *d = c0 * v;
+    }
+    for &(c, src) in &terms[1..] {
+        let c = T::from_f64(c);
+        for (d, &v) in dst.iter_mut().zip(src) {
+            *d = *d + c * v;
+        }
+    }
+}
+
+/// The rows of `G·k·Gᵀ` from the rows of `k` (3×3 → 4×4) as linear combinations, or of `Gᵀ·P·G`
+/// (4×4 → 3×3) for the weight gradient: `G = [[1, 0, 0], [½, ½, ½], [½, −½, ½], [0, 0, 1]]`.
+const G: [[f64; 3]; 4] = [[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]];
+
+/// `U = G g Gᵀ` for every (cout, cin), as `U[cout][16][ldc]`: per output channel, the kernel is turned
+/// tap-major (`[9][cin]`), so each of the 16 rows of U is a combination of whole tap rows.
 fn transform_weights<T: Real>(g: &Geom, w: &[T]) -> Vec<T> {
-    let half = T::from_f64(0.5);
-    let ldc = padded(g.cin);
+    let (cin, ldc) = (g.cin, padded(g.cin));
     let mut u = vec![T::default(); g.cout * 16 * ldc];
     u.par_chunks_mut(16 * ldc).enumerate().for_each(|(co, uc)| {
-        for ci in 0..g.cin {
-            let k = &w[(co * g.cin + ci) * 9..][..9];
-            // rows: t = G·k (4×3)
-            let mut t = [T::default(); 12];
-            for c in 0..3 {
-                let (k0, k1, k2) = (k[c], k[3 + c], k[6 + c]);
-                t[c] = k0;
-                t[3 + c] = half * (k0 + k1 + k2);
-                t[6 + c] = half * (k0 - k1 + k2);
-                t[9 + c] = k2;
+        let mut taps = vec![T::default(); 9 * cin];
+        for (ci, k) in w[co * cin * 9..(co + 1) * cin * 9].chunks_exact(9).enumerate() {
+            for (t, &v) in k.iter().enumerate() {
+                taps[t * cin + ci] = v;
             }
-            // columns: U = t·Gᵀ (4×4)
-            for r in 0..4 {
-                let (a, b, c) = (t[3 * r], t[3 * r + 1], t[3 * r + 2]);
-                let row = [a, half * (a + b + c), half * (a - b + c), c];
-                for (j, v) in row.into_iter().enumerate() {
-                    uc[(4 * r + j) * ldc + ci] = v;
-                }
+        }
+        let tap = |r: usize, c: usize| &taps[(3 * r + c) * cin..][..cin];
+        // t = G·k: 4×3 rows over cin
+        let mut t = vec![T::default(); 12 * cin];
+        for (i, gi) in G.iter().enumerate() {
+            for c in 0..3 {
+                let terms: Vec<(f64, &[T])> = (0..3).filter(|&r| gi[r] != 0.0).map(|r| (gi[r], tap(r, c))).collect();
+                combine(&mut t[(3 * i + c) * cin..][..cin], &terms);
+            }
+        }
+        // U = t·Gᵀ
+        for i in 0..4 {
+            for (j, gj) in G.iter().enumerate() {
+                let terms: Vec<(f64, &[T])> =
+                    (0..3).filter(|&c| gj[c] != 0.0).map(|c| (gj[c], &t[(3 * i + c) * cin..][..cin])).collect();
+                combine(&mut uc[(4 * i + j) * ldc..][..cin], &terms);
             }
         }
     });
@@ -315,24 +337,29 @@ fn backward_weight_in_chunks<T: Real>(g: &Geom, x: &[T], dy: &[T], dw: &mut [T],
             }
         }
     });
-    // dW = Gᵀ ∂U G, Gᵀ = [[1, ½, ½, 0], [0, ½, −½, 0], [0, ½, ½, 1]]
-    let half = T::from_f64(0.5);
-    dw.par_chunks_mut(g.cin * 9).zip(du.par_chunks(16 * ldc)).for_each(|(wc, uc)| {
-        for ci in 0..g.cin {
-            let p = |r: usize, c: usize| uc[(4 * r + c) * ldc + ci];
-            let mut t = [T::default(); 12]; // Gᵀ·∂U, 3×4
-            for c in 0..4 {
-                let (p0, p1, p2, p3) = (p(0, c), p(1, c), p(2, c), p(3, c));
-                t[c] = p0 + half * (p1 + p2);
-                t[4 + c] = half * (p1 - p2);
-                t[8 + c] = half * (p1 + p2) + p3;
+    // dW = Gᵀ ∂U G, row by row over cin, then back to [cin][9] per output channel
+    let cin = g.cin;
+    dw.par_chunks_mut(cin * 9).zip(du.par_chunks(16 * ldc)).for_each(|(wc, uc)| {
+        let p = |i: usize, j: usize| &uc[(4 * i + j) * ldc..][..cin];
+        // t = Gᵀ·∂U: 3×4 rows
+        let mut t = vec![T::default(); 12 * cin];
+        for r in 0..3 {
+            for j in 0..4 {
+                let terms: Vec<(f64, &[T])> = (0..4).filter(|&i| G[i][r] != 0.0).map(|i| (G[i][r], p(i, j))).collect();
+                combine(&mut t[(4 * r + j) * cin..][..cin], &terms);
             }
-            let k = &mut wc[ci * 9..(ci + 1) * 9];
-            for r in 0..3 {
-                let (a, b, c, d) = (t[4 * r], t[4 * r + 1], t[4 * r + 2], t[4 * r + 3]);
-                k[3 * r] = a + half * (b + c);
-                k[3 * r + 1] = half * (b - c);
-                k[3 * r + 2] = half * (b + c) + d;
+        }
+        let mut taps = vec![T::default(); 9 * cin];
+        for r in 0..3 {
+            for c in 0..3 {
+                let terms: Vec<(f64, &[T])> =
+                    (0..4).filter(|&j| G[j][c] != 0.0).map(|j| (G[j][c], &t[(4 * r + j) * cin..][..cin])).collect();
+                combine(&mut taps[(3 * r + c) * cin..][..cin], &terms);
+            }
+        }
+        for (ci, k) in wc.chunks_exact_mut(9).enumerate() {
+            for (tp, v) in k.iter_mut().enumerate() {
+                *v = taps[tp * cin + ci];
             }
         }
     });
