@@ -67,10 +67,9 @@ const G: [[f64; 3]; 4] = [[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0
 
 /// `U = G g Gᵀ` for every (cout, cin), as `U[cout][16][ldc]`: per output channel, the kernel is turned
 /// tap-major (`[9][cin]`), so each of the 16 rows of U is a combination of whole tap rows.
-fn transform_weights<T: Real>(g: &Geom, w: &[T]) -> Vec<T> {
+fn transform_weights<T: Real>(g: &Geom, w: &[T], u: &mut [T]) {
     let (cin, ldc) = (g.cin, padded(g.cin));
-    let mut u = vec![T::default(); g.cout * 16 * ldc];
-    u.par_chunks_mut(16 * ldc).enumerate().for_each(|(co, uc)| {
+    u[..g.cout * 16 * ldc].par_chunks_mut(16 * ldc).enumerate().for_each(|(co, uc)| {
         let mut taps = vec![T::default(); 9 * cin];
         for (ci, k) in w[co * cin * 9..(co + 1) * cin * 9].chunks_exact(9).enumerate() {
             for (t, &v) in k.iter().enumerate() {
@@ -95,7 +94,6 @@ fn transform_weights<T: Real>(g: &Geom, w: &[T]) -> Vec<T> {
             }
         }
     });
-    u
 }
 
 /// `V = Bᵀ d B` for the tile rows `r0..r0 + rows` (image-major) of every input channel:
@@ -228,9 +226,13 @@ fn forward_in_chunks<T: Real>(g: &Geom, x: &[T], w: &[T], b: &[T], chunk_bytes: 
     let total_rows = g.n * th;
     let rows_per_chunk = rows_per_chunk::<T>(g, chunk_bytes);
     let chunk = rows_per_chunk * tw;
-    let (u, ldc) = (transform_weights(g, w), padded(g.cin));
+    let ldc = padded(g.cin);
     let mut y = vec![T::default(); g.n * g.cout * plane];
-    T::with_scratch(16 * (g.cin + g.cout) * padded(chunk), |buf| {
+    // U (as large as 16/9 of the weights: 134 MB at 1024 → 2048 channels) lives in the reused scratch
+    // with the tile buffers, not in fresh pages the kernel must zero on every call
+    T::with_scratch(16 * g.cout * ldc + 16 * (g.cin + g.cout) * padded(chunk), |buf| {
+        let (u, buf) = buf.split_at_mut(16 * g.cout * ldc);
+        transform_weights(g, w, u);
         let (v, m) = buf.split_at_mut(16 * g.cin * padded(chunk));
         for r0 in (0..total_rows).step_by(rows_per_chunk) {
             let rows = rows_per_chunk.min(total_rows - r0);
@@ -321,8 +323,9 @@ fn backward_weight_in_chunks<T: Real>(g: &Geom, x: &[T], dy: &[T], dw: &mut [T],
     let rows_per_chunk = rows_per_chunk::<T>(g, chunk_bytes);
     let chunk = rows_per_chunk * tw;
     let ldc = padded(g.cin);
-    let mut du = vec![T::default(); g.cout * 16 * ldc];
-    T::with_scratch(16 * (g.cin + g.cout) * padded(chunk), |buf| {
+    T::with_scratch(16 * g.cout * ldc + 16 * (g.cin + g.cout) * padded(chunk), |buf| {
+        // ∂U is written by the first chunk's GEMMs (no accumulation) and added to by the others
+        let (du, buf) = buf.split_at_mut(16 * g.cout * ldc);
         let (v, q) = buf.split_at_mut(16 * g.cin * padded(chunk));
         for r0 in (0..total_rows).step_by(rows_per_chunk) {
             let rows = rows_per_chunk.min(total_rows - r0);
@@ -336,32 +339,33 @@ fn backward_weight_in_chunks<T: Real>(g: &Geom, x: &[T], dy: &[T], dw: &mut [T],
                 unsafe { gemm(g.cout, g.cin, len, du[xi * ldc..].as_mut_ptr(), 16 * ldc, 1, r0 > 0, lhs, rhs) };
             }
         }
-    });
-    // dW = Gᵀ ∂U G, row by row over cin, then back to [cin][9] per output channel
-    let cin = g.cin;
-    dw.par_chunks_mut(cin * 9).zip(du.par_chunks(16 * ldc)).for_each(|(wc, uc)| {
-        let p = |i: usize, j: usize| &uc[(4 * i + j) * ldc..][..cin];
-        // t = Gᵀ·∂U: 3×4 rows
-        let mut t = vec![T::default(); 12 * cin];
-        for r in 0..3 {
-            for j in 0..4 {
-                let terms: Vec<(f64, &[T])> = (0..4).filter(|&i| G[i][r] != 0.0).map(|i| (G[i][r], p(i, j))).collect();
-                combine(&mut t[(4 * r + j) * cin..][..cin], &terms);
+        // dW = Gᵀ ∂U G, row by row over cin, then back to [cin][9] per output channel
+        let cin = g.cin;
+        dw.par_chunks_mut(cin * 9).zip(du[..g.cout * 16 * ldc].par_chunks(16 * ldc)).for_each(|(wc, uc)| {
+            let p = |i: usize, j: usize| &uc[(4 * i + j) * ldc..][..cin];
+            // t = Gᵀ·∂U: 3×4 rows
+            let mut t = vec![T::default(); 12 * cin];
+            for r in 0..3 {
+                for j in 0..4 {
+                    let terms: Vec<(f64, &[T])> =
+                        (0..4).filter(|&i| G[i][r] != 0.0).map(|i| (G[i][r], p(i, j))).collect();
+                    combine(&mut t[(4 * r + j) * cin..][..cin], &terms);
+                }
             }
-        }
-        let mut taps = vec![T::default(); 9 * cin];
-        for r in 0..3 {
-            for c in 0..3 {
-                let terms: Vec<(f64, &[T])> =
-                    (0..4).filter(|&j| G[j][c] != 0.0).map(|j| (G[j][c], &t[(4 * r + j) * cin..][..cin])).collect();
-                combine(&mut taps[(3 * r + c) * cin..][..cin], &terms);
+            let mut taps = vec![T::default(); 9 * cin];
+            for r in 0..3 {
+                for c in 0..3 {
+                    let terms: Vec<(f64, &[T])> =
+                        (0..4).filter(|&j| G[j][c] != 0.0).map(|j| (G[j][c], &t[(4 * r + j) * cin..][..cin])).collect();
+                    combine(&mut taps[(3 * r + c) * cin..][..cin], &terms);
+                }
             }
-        }
-        for (ci, k) in wc.chunks_exact_mut(9).enumerate() {
-            for (tp, v) in k.iter_mut().enumerate() {
-                *v = taps[tp * cin + ci];
+            for (ci, k) in wc.chunks_exact_mut(9).enumerate() {
+                for (tp, v) in k.iter_mut().enumerate() {
+                    *v = taps[tp * cin + ci];
+                }
             }
-        }
+        });
     });
 }
 
