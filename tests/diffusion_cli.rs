@@ -151,6 +151,29 @@ fn latents_train_and_sample_each_generator_with_exact_resume() {
 }
 
 #[test]
+fn training_refuses_a_device_or_precision_it_does_not_run_on() {
+    // checked before any file is read: the paths need not exist
+    for cmd in ["train", "train-prior"] {
+        let base: Vec<&str> = if cmd == "train" {
+            vec![cmd, "--model", "dit", "--latents", "nowhere", "--config", "none.toml", "--out", "x"]
+        } else {
+            vec![cmd, "--shards", "nowhere", "--config", "none.toml", "--out", "x"]
+        };
+        for (extra, needles) in [
+            (["--device", "cuda:0"], ["--device cuda:0", "on the CPU only"]),
+            (["--dtype", "bf16"], ["--dtype bf16", "f32 only"]),
+        ] {
+            let mut a = base.clone();
+            a.extend(extra);
+            assert_one_line_error(&run_gen!(&a), &needles);
+        }
+    }
+    // the tokenizer trains on the device it is given, in f32
+    let a = ["train-tokenizer", "--config", "none.toml", "--data", "nowhere", "--out", "x", "--dtype", "f16"];
+    assert_one_line_error(&run_gen!(&a), &["--dtype f16", "f32 only"]);
+}
+
+#[test]
 fn bad_generator_inputs_are_one_line_errors() {
     let Some(tok) = fixture("tokenizer/f16-tiny/weights.safetensors") else { return };
     let dir = temp_dir("diffusion-bad");

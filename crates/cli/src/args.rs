@@ -55,6 +55,28 @@ impl DeviceArgs {
     }
 }
 
+impl DeviceArgs {
+    /// The training commands compute in f32: a half precision is refused in one line rather than
+    /// silently ignored.
+    pub fn training_in_f32(&self, command: &str) -> Result<()> {
+        let name = match self.dtype {
+            Precision::F32 => return Ok(()),
+            Precision::F16 => "f16",
+            Precision::Bf16 => "bf16",
+        };
+        bail!("--dtype {name}: `gen {command}` trains in f32 only so far (mixed-precision training is not implemented)")
+    }
+
+    /// `gen train` and `gen train-prior` also run on the CPU only so far: an explicit CUDA device is
+    /// refused; `auto` trains on the CPU.
+    pub fn training_on_cpu(&self, command: &str) -> Result<()> {
+        if let DeviceSpec::Cuda(i) = self.device {
+            bail!("--device cuda:{i}: `gen {command}` trains on the CPU only so far (training on CUDA is not implemented)");
+        }
+        self.training_in_f32(command)
+    }
+}
+
 /// Builds rayon's global pool (our kernels; Candle's matmul and OpenBLAS follow it) with `threads`, or
 /// every core; called once, before any thread exists. Commands run on one of its workers (crate
 /// [`main`](crate::main)), with the main thread's stack size.

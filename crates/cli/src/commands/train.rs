@@ -43,7 +43,7 @@ pub struct TrainArgs {
 }
 
 pub fn run(a: TrainArgs) -> Result<()> {
-    let _ = a.run.open()?;
+    a.run.training_on_cpu("train")?;
     let text = std::fs::read_to_string(&a.config).with_context(|| format!("cannot read {}", a.config.display()))?;
     let cfg = DiffusionTrainConfig::parse(&text, &a.config)?;
     if cfg.kind() != a.model {

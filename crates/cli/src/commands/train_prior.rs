@@ -39,7 +39,7 @@ pub struct TrainPriorArgs {
 }
 
 pub fn run(a: TrainPriorArgs) -> Result<()> {
-    let _ = a.run.open()?;
+    a.run.training_on_cpu("train-prior")?;
     let text = std::fs::read_to_string(&a.config).with_context(|| format!("cannot read {}", a.config.display()))?;
     let cfg = PriorConfig::parse(&text, &a.config)?;
     let data = TokenSet::read(&a.shards, None)?;

@@ -58,6 +58,7 @@ fn open_data(spec: &str) -> Result<TrainImages> {
 }
 
 pub fn run(a: TrainTokenizerArgs) -> Result<()> {
+    a.run.training_in_f32("train-tokenizer")?;
     let (dev, _) = a.run.open()?;
     let cfg = TrainConfig::load(&a.config)?;
     let data = open_data(&a.data)?;
