@@ -53,9 +53,7 @@ impl DeviceArgs {
         }
         Ok((dev, dtype))
     }
-}
 
-impl DeviceArgs {
     /// The training commands compute in f32: a half precision is refused in one line rather than
     /// silently ignored.
     pub fn training_in_f32(&self, command: &str) -> Result<()> {

@@ -5,10 +5,11 @@
 //! products that dominate every UNet and tokenizer. The transforms hold only 0, ±1 and ±½, so f32
 //! rounding stays at the level of the direct product (tested against it).
 //!
-//! Layouts (all row-major): transformed weights `U[cout][16][cin]`, transformed input tiles
-//! `V[cin][16][tiles]`, products `M[cout][16][tiles]`; GEMM ξ reads the ξ-th row of every 16-block
-//! through a strided view, so no transform writes scattered memory. Tiles run image-major in chunks
-//! of at most `CHUNK_BYTES` of `V` and `M`.
+//! Layouts (all row-major): transformed weights `U[cout][16][ldc]`, transformed input tiles
+//! `V[cin][16][ld]`, products `M[cout][16][ld]` (`ldc`, `ld`: the channel and tile counts padded to an
+//! odd pitch, [`padded`]); GEMM ξ reads the ξ-th row of every 16-block through a strided view, so no
+//! transform writes scattered memory. Tiles run image-major in chunks of whole tile rows, at most
+//! `CHUNK_BYTES` of `V` and `M`; U, V and M live in the per-thread scratch.
 
 use rayon::prelude::*;
 
@@ -379,21 +380,21 @@ mod tests {
         (0..n).map(|_| rng.normal() * scale).collect()
     }
 
-    /// Against the shifted-tap direct product, in f64 (the algebra) and f32 (the rounding), over odd
-    /// sizes, every padding, and chunks that split images.
+    /// (n, cin, h, w, cout, pad, chunk bytes): odd sizes, every padding, and chunks that split images.
+    const CASES: [(usize, usize, usize, usize, usize, usize, usize); 6] = [
+        (2, 16, 8, 8, 16, 1, CHUNK_BYTES),
+        (3, 17, 7, 5, 18, 1, CHUNK_BYTES),
+        (2, 16, 9, 6, 20, 0, CHUNK_BYTES),
+        (1, 20, 5, 7, 16, 2, CHUNK_BYTES),
+        (3, 16, 7, 7, 16, 1, 16 * 32 * 8 * 4 * 3), // 3 tile rows per chunk: chunks straddle images
+        (2, 24, 3, 3, 16, 1, 1),                   // one tile row per chunk
+    ];
+
+    /// Against the shifted-tap direct product, in f64 (the algebra) and f32 (the rounding).
     #[test]
     fn winograd_equals_the_direct_convolution() {
         let mut rng = Rng::new(7);
-        // (n, cin, h, w, cout, pad, chunk bytes)
-        let cases = [
-            (2, 16, 8, 8, 16, 1, CHUNK_BYTES),
-            (3, 17, 7, 5, 18, 1, CHUNK_BYTES),
-            (2, 16, 9, 6, 20, 0, CHUNK_BYTES),
-            (1, 20, 5, 7, 16, 2, CHUNK_BYTES),
-            (3, 16, 7, 7, 16, 1, 16 * 32 * 8 * 4 * 3), // 3 tile rows per chunk: chunks straddle images
-            (2, 24, 3, 3, 16, 1, 1),                   // one tile row per chunk
-        ];
-        for (n, cin, h, w, cout, pad, bytes) in cases {
+        for (n, cin, h, w, cout, pad, bytes) in CASES {
             let g = Geom { n, cin, h, w, cout, kh: 3, kw: 3, stride: 1, pad_h: pad, pad_w: pad };
             assert!(applies(&g));
             let x = random(&mut rng, n * cin * h * w, 1.0);
@@ -420,15 +421,7 @@ mod tests {
     #[test]
     fn winograd_weight_gradient_equals_the_direct_one() {
         let mut rng = Rng::new(8);
-        // (n, cin, h, w, cout, pad, chunk bytes)
-        let cases = [
-            (2, 16, 8, 8, 16, 1, CHUNK_BYTES),
-            (3, 17, 7, 5, 18, 1, CHUNK_BYTES),
-            (2, 16, 9, 6, 20, 0, CHUNK_BYTES),
-            (1, 20, 5, 7, 16, 2, CHUNK_BYTES),
-            (3, 16, 7, 7, 16, 1, 16 * 32 * 8 * 4 * 3),
-        ];
-        for (n, cin, h, w, cout, pad, bytes) in cases {
+        for (n, cin, h, w, cout, pad, bytes) in CASES {
             let g = Geom { n, cin, h, w, cout, kh: 3, kw: 3, stride: 1, pad_h: pad, pad_w: pad };
             let x = random(&mut rng, n * cin * h * w, 1.0);
             let dy = random(&mut rng, n * cout * g.ho() * g.wo(), 1.0);
