@@ -295,6 +295,29 @@ def sgemm_item(name, m, n, k):
 sgemm_item("sgemm_conv_tap", 128, 4222, 128)  # one kernel tap of the stride-1 conv
 sgemm_item("sgemm_conv_wgrad", 128, 128, 4222)  # one tap of its weight gradient
 sgemm_item("sgemm_im2col", 128, 1024, 1152)  # a stride-2 im2col tile
+sgemm_item("sgemm_dit_mlp", 512, 4608, 1152)  # DiT-XL/2's fc1 at batch 8 x 64 tokens
+
+
+def linear_item(name):
+    """DiT-XL/2's fc1 as a layer: y = x W^T + b, x [512, 1152], W [4608, 1152]; backward of sum(y * g)."""
+    def setup():
+        torch.manual_seed(0)
+        x = torch.randn(512, 1152, requires_grad=True)
+        w = (torch.randn(4608, 1152) * 0.03).requires_grad_(True)
+        b = (torch.randn(4608) * 0.1).requires_grad_(True)
+        g = torch.randn(512, 4608)
+
+        def run():
+            (F.linear(x, w, b) * g).sum().backward()
+
+        def reset():
+            for t in (x, w, b):
+                t.grad = None
+        return run, reset
+    ITEMS[name] = (setup, 5)
+
+
+linear_item("linear_dit_mlp_fwdbwd")
 
 
 # ---------------------------------------------------------------------- main

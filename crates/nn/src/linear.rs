@@ -34,12 +34,17 @@ impl Module for Linear {
         }
         let rows = x.elem_count() / in_dim.max(1);
         let x2 = x.reshape((rows, in_dim))?;
-        // one product over all rows: the weights streamed for a few rows (decoding), a GEMM otherwise
-        let y = crate::kernels::skinny::x_wt(&x2, &self.weight)?;
-        let y = match &self.bias {
-            Some(b) if b.dtype() != y.dtype() => y.broadcast_add(&b.to_dtype(y.dtype())?)?,
-            Some(b) => y.broadcast_add(b)?,
-            None => y,
+        // one product over all rows: the weights streamed for a few rows (decoding), a GEMM from the
+        // bias rows otherwise
+        let y = if crate::kernels::skinny::applies(&x2, &self.weight) {
+            let y = crate::kernels::skinny::x_wt(&x2, &self.weight)?;
+            match &self.bias {
+                Some(b) if b.dtype() != y.dtype() => y.broadcast_add(&b.to_dtype(y.dtype())?)?,
+                Some(b) => y.broadcast_add(b)?,
+                None => y,
+            }
+        } else {
+            crate::kernels::linear(&x2, &self.weight, self.bias.as_ref())?
         };
         let mut out = dims.to_vec();
         *out.last_mut().expect("checked above") = out_dim;

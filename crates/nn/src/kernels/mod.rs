@@ -36,6 +36,7 @@ pub(crate) mod gelu;
 /// Only the two dense GEMMs `gen bench` times are public; the strided GEMM the kernels use is not.
 pub mod gemm;
 pub(crate) mod group_norm;
+pub(crate) mod linear;
 pub(crate) mod linear_ce;
 pub(crate) mod pool;
 pub(crate) mod real;
@@ -64,6 +65,7 @@ pub(crate) fn avx512() -> bool {
 
 pub use avg_pool::avg_pool2d_exclude_pad;
 pub use gelu::{gelu, Gelu};
+pub use linear::linear;
 pub use linear_ce::linear_cross_entropy;
 pub use pool::max_pool2d;
 pub use rows::{layer_norm, softmax_last_dim, softmax_last_dim_causal};

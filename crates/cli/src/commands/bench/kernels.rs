@@ -1,4 +1,5 @@
-//! Kernel items: conv, GroupNorm(+SiLU), softmax / LayerNorm rows, and the GEMM shapes of a conv.
+//! Kernel items: conv, GroupNorm(+SiLU), softmax / LayerNorm rows, the GEMM shapes of a conv and of
+//! DiT-XL/2's MLP (batch 8 × 64 tokens).
 
 use anyhow::Result;
 use candle_core::Var;
@@ -21,6 +22,8 @@ pub(super) const ITEMS: &[Item] = &[
     ("sgemm_conv_tap", |_| sgemm(128, 4222, 128, false)),
     ("sgemm_conv_wgrad", |_| sgemm(128, 128, 4222, false)),
     ("sgemm_im2col", |_| sgemm(128, 1024, 1152, false)),
+    ("sgemm_dit_mlp", |_| sgemm(512, 4608, 1152, false)),
+    ("linear_dit_mlp_fwdbwd", |_| linear()),
     #[cfg(feature = "openblas")]
     ("sgemm_conv_tap_openblas", |_| sgemm(128, 4222, 128, true)),
     #[cfg(feature = "openblas")]
@@ -69,6 +72,22 @@ fn sgemm(m: usize, n: usize, k: usize, openblas: bool) -> Result<Timed> {
         } else {
             kernels::gemm::sgemm_crate(m, n, k, &a, &b, &mut c);
         }
+        Ok(())
+    }))
+}
+
+/// DiT-XL/2's fc1 as a layer (`gen_nn::Linear`): x [512, 1152], W [4608, 1152],
+/// forward and the backward of `sum(y·g)`.
+fn linear() -> Result<Timed> {
+    let mut rng = Rng::new(0);
+    let x = Var::from_tensor(&rand(&mut rng, &[512, 1152], 1.0)?)?;
+    let w = Var::from_tensor(&rand(&mut rng, &[4608, 1152], 0.03)?)?;
+    let b = Var::from_tensor(&rand(&mut rng, &[4608], 0.1)?)?;
+    let g = rand(&mut rng, &[512, 4608], 1.0)?;
+    let layer = gen_nn::Linear { weight: w.as_tensor().clone(), bias: Some(b.as_tensor().clone()) };
+    Ok(Box::new(move || {
+        let y = candle_core::Module::forward(&layer, x.as_tensor())?;
+        kernels::sum_product(&y, &g)?.backward()?;
         Ok(())
     }))
 }
