@@ -7,7 +7,7 @@
 
 use candle_core::{Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
-use gen_nn::kernels::{gelu, Gelu};
+use gen_nn::kernels::{gated_add, gelu, modulate, Gelu};
 use gen_nn::{Conv2d, LayerNorm, Linear};
 
 use super::config::DitConfig;
@@ -15,11 +15,6 @@ use crate::embed::{pos_embed_2d, LabelEmbedder, TimestepEmbedder};
 
 /// The LayerNorms of DiT have no affine parameters and eps 1e-6.
 const LN_EPS: f64 = 1e-6;
-
-/// `modulate(x, shift, scale) = x·(1 + scale) + shift`, with [B, D] modulations over x [B, N, D].
-fn modulate(x: &Tensor, shift: &Tensor, scale: &Tensor) -> Result<Tensor> {
-    x.broadcast_mul(&(scale.unsqueeze(1)? + 1.0)?)?.broadcast_add(&shift.unsqueeze(1)?)
-}
 
 /// timm `Attention(dim, num_heads, qkv_bias=True)`: keys `qkv`, `proj`. The qkv rows are
 /// `[q (head 0..H−1); k; v]`; plain softmax attention over all tokens.
@@ -74,10 +69,10 @@ impl Block {
     fn forward(&self, x: &Tensor, m: &Tensor) -> Result<Tensor> {
         let m = m.chunk(6, 1)?;
         let h = modulate(&self.norm.forward(x)?, &m[0], &m[1])?;
-        let x = (x + self.attn.forward(&h)?.broadcast_mul(&m[2].unsqueeze(1)?)?)?;
+        let x = gated_add(x, &self.attn.forward(&h)?, &m[2])?;
         let h = modulate(&self.norm.forward(&x)?, &m[3], &m[4])?;
         let h = self.fc2.forward(&gelu(&self.fc1.forward(&h)?, Gelu::Tanh)?)?;
-        x + h.broadcast_mul(&m[5].unsqueeze(1)?)?
+        gated_add(&x, &h, &m[5])
     }
 }
 

@@ -6,7 +6,7 @@
 //! - tanh form: `0.5·x·(1 + tanh(u)) = x·σ(2u)`, `u = √(2/π)·(x + 0.044715·x³)`.
 //! - erf form: `x·Φ(x)`, with `erf` from Abramowitz & Stegun 7.1.26 refined to |error| < 1.5e-7.
 
-use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::simd::{exp_f32, sigmoid_f32};
@@ -84,12 +84,24 @@ impl Gelu {
     }
 }
 
-/// `f` over `xs` in parallel chunks.
+/// `f` over `xs` in parallel chunks. Callers pass a closure with the GELU kind fixed, so each
+/// instantiation inlines one formula and vectorises (a kind matched per element did neither).
 fn map<T: Copy + Default + Send + Sync>(xs: &[T], f: impl Fn(T) -> T + Sync) -> Vec<T> {
     let mut out = vec![T::default(); xs.len()];
     out.par_chunks_mut(CHUNK).zip(xs.par_chunks(CHUNK)).for_each(|(o, x)| {
         for (o, &x) in o.iter_mut().zip(x) {
             *o = f(x);
+        }
+    });
+    out
+}
+
+/// `f(x, g)` over two slices in parallel chunks.
+fn map2<T: Copy + Default + Send + Sync>(xs: &[T], gs: &[T], f: impl Fn(T, T) -> T + Sync) -> Vec<T> {
+    let mut out = vec![T::default(); xs.len()];
+    out.par_chunks_mut(CHUNK).zip(xs.par_chunks(CHUNK).zip(gs.par_chunks(CHUNK))).for_each(|(o, (x, g))| {
+        for ((o, &x), &g) in o.iter_mut().zip(x).zip(g) {
+            *o = f(x, g);
         }
     });
     out
@@ -111,26 +123,43 @@ impl CustomOp1 for Op {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (k, grad) = (self.kind, self.grad);
-        let out = dispatch!("gelu", (s, l) => |x| if grad {
-            map(x, |v| Real::gelu_grad(k, v))
-        } else {
-            map(x, |v| Real::gelu(k, v))
+        let out = dispatch!("gelu", (s, l) => |x| match (self.kind, self.grad) {
+            (Gelu::Tanh, false) => map(x, |v| Real::gelu(Gelu::Tanh, v)),
+            (Gelu::Erf, false) => map(x, |v| Real::gelu(Gelu::Erf, v)),
+            (Gelu::Tanh, true) => map(x, |v| Real::gelu_grad(Gelu::Tanh, v)),
+            (Gelu::Erf, true) => map(x, |v| Real::gelu_grad(Gelu::Erf, v)),
         });
         Ok((out, l.shape().clone()))
     }
 
-    /// ∂x = ∂y · GELU'(x) (the derivative op itself is not differentiated again).
+    /// ∂x = ∂y · GELU'(x) in one pass (the derivative op itself is not differentiated again).
     fn bwd(&self, x: &Tensor, _y: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
         if self.grad {
             candle_core::bail!("gelu: second derivatives are not implemented");
         }
-        Ok(Some((g * x.apply_op1_no_bwd(&Op { kind: self.kind, grad: true })?)?))
+        Ok(Some(x.apply_op2_no_bwd(&g.contiguous()?, &Backward(self.kind))?))
+    }
+}
+
+/// (x, ∂y) → ∂y · GELU'(x).
+struct Backward(Gelu);
+
+impl CustomOp2 for Backward {
+    fn name(&self) -> &'static str {
+        "gen-gelu-backward"
+    }
+
+    fn cpu_fwd(&self, sx: &CpuStorage, lx: &Layout, sg: &CpuStorage, lg: &Layout) -> Result<(CpuStorage, Shape)> {
+        let out = dispatch!(self.name(), (sx, lx), (sg, lg) => |x, g| match self.0 {
+            Gelu::Tanh => map2(x, g, |v, g| g * Real::gelu_grad(Gelu::Tanh, v)),
+            Gelu::Erf => map2(x, g, |v, g| g * Real::gelu_grad(Gelu::Erf, v)),
+        });
+        Ok((out, lx.shape().clone()))
     }
 }
 
 /// The two element types the op runs on.
-trait Real: Copy {
+trait Real: Copy + std::ops::Mul<Output = Self> {
     fn gelu(k: Gelu, x: Self) -> Self;
     fn gelu_grad(k: Gelu, x: Self) -> Self;
 }
