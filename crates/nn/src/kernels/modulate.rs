@@ -87,59 +87,84 @@ impl CustomOp3 for Modulate {
         _y: &Tensor,
         g: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (n, bd) = (x.elem_count(), shift.elem_count());
-        let packed = x.apply_op3_no_bwd(scale, &g.contiguous()?, &ModulateBwd)?;
-        let gx = packed.narrow(0, 0, n)?.reshape(x.shape())?;
-        let gshift = packed.narrow(0, n, bd)?.reshape(shift.shape())?;
-        let gscale = packed.narrow(0, n + bd, bd)?.reshape(scale.shape())?;
+        let (gx, sums) = Backward { modulate: true }.apply(x, scale, g)?;
+        let gshift = sums.narrow(1, 0, 1)?.reshape(shift.shape())?;
+        let gscale = sums.narrow(1, 1, 1)?.reshape(scale.shape())?;
         Ok((Some(gx), Some(gshift), Some(gscale)))
     }
 }
 
-/// (x, scale, g) → packed `[∂x (B·N·D) | ∂shift (B·D) | ∂scale (B·D)]`.
-struct ModulateBwd;
+/// The backward of both ops, over (a, v, g) with a = x and v = scale for `modulate`, a = h and
+/// v = gate for `gated_add`: packed `[g·(1 + v) or g·v (B·N·D) | per sample: (Σₙ g (D), modulate only),
+/// Σₙ g·a (D)]`, one read of g and a.
+struct Backward {
+    modulate: bool,
+}
 
-impl ModulateBwd {
-    fn run<T: Real>(x: &[T], scale: &[T], g: &[T], per_sample: usize, d: usize) -> Vec<T> {
-        let b = x.len() / per_sample;
-        let mut out = vec![T::from_f64(0.0); x.len() + 2 * b * d];
-        let (gx, sums) = out.split_at_mut(x.len());
-        let (gshift, gscale) = sums.split_at_mut(b * d);
-        gx.par_chunks_mut(per_sample).zip(gshift.par_chunks_mut(d).zip(gscale.par_chunks_mut(d))).enumerate().for_each(
-            |(s, (gxs, (gsh, gsc)))| {
-                let sc = &scale[s * d..][..d];
-                let (xs, gs) = (&x[s * per_sample..][..per_sample], &g[s * per_sample..][..per_sample]);
-                for ((gxr, xr), gr) in gxs.chunks_exact_mut(d).zip(xs.chunks_exact(d)).zip(gs.chunks_exact(d)) {
-                    for i in 0..d {
-                        gxr[i] = gr[i] * (T::from_f64(1.0) + sc[i]);
-                        gsh[i] = gsh[i] + gr[i];
-                        gsc[i] = gsc[i] + gr[i] * xr[i];
-                    }
+impl Backward {
+    /// Per-sample sums in the packed tail: Σg and Σg·a, or Σg·a alone.
+    fn sums(&self) -> usize {
+        if self.modulate {
+            2
+        } else {
+            1
+        }
+    }
+
+    fn run<T: Real>(&self, a: &[T], v: &[T], g: &[T], per_sample: usize, d: usize) -> Vec<T> {
+        let sums = self.sums();
+        let b = a.len() / per_sample;
+        let one = T::from_f64(if self.modulate { 1.0 } else { 0.0 });
+        let mut out = vec![T::from_f64(0.0); a.len() + sums * b * d];
+        let (ga, tail) = out.split_at_mut(a.len());
+        ga.par_chunks_mut(per_sample).zip(tail.par_chunks_mut(sums * d)).enumerate().for_each(|(s, (gas, acc))| {
+            let v = &v[s * d..][..d];
+            let (acc_g, acc_ga) = acc.split_at_mut((sums - 1) * d);
+            let (as_, gs) = (&a[s * per_sample..][..per_sample], &g[s * per_sample..][..per_sample]);
+            for ((gar, ar), gr) in gas.chunks_exact_mut(d).zip(as_.chunks_exact(d)).zip(gs.chunks_exact(d)) {
+                for i in 0..d {
+                    gar[i] = gr[i] * (one + v[i]);
+                    acc_ga[i] = acc_ga[i] + gr[i] * ar[i];
                 }
-            },
-        );
+                for (acc, &g) in acc_g.iter_mut().zip(gr) {
+                    *acc = *acc + g;
+                }
+            }
+        });
         out
+    }
+
+    /// Runs the pass and splits it: (∂a [like a], the per-sample sums [B, sums, D]).
+    fn apply(&self, a: &Tensor, v: &Tensor, g: &Tensor) -> Result<(Tensor, Tensor)> {
+        let (n, (b, d)) = (a.elem_count(), v.dims2()?);
+        let packed = a.apply_op3_no_bwd(v, &g.contiguous()?, self)?;
+        let ga = packed.narrow(0, 0, n)?.reshape(a.shape())?;
+        let sums = packed.narrow(0, n, b * self.sums() * d)?.reshape((b, self.sums(), d))?;
+        Ok((ga, sums))
     }
 }
 
-impl CustomOp3 for ModulateBwd {
+impl CustomOp3 for Backward {
     fn name(&self) -> &'static str {
-        "gen-modulate-bwd"
+        if self.modulate {
+            "gen-modulate-bwd"
+        } else {
+            "gen-gated-add-bwd"
+        }
     }
 
     fn cpu_fwd(
         &self,
-        sx: &CpuStorage,
-        lx: &Layout,
-        s1: &CpuStorage,
-        l1: &Layout,
+        sa: &CpuStorage,
+        la: &Layout,
+        sv: &CpuStorage,
+        lv: &Layout,
         sg: &CpuStorage,
         lg: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (b, per_sample, d) = sizes(lx)?;
-        let out =
-            dispatch!(self.name(), (sx, lx), (s1, l1), (sg, lg) => |x, scale, g| Self::run(x, scale, g, per_sample, d));
-        Ok((out, Shape::from(b * per_sample + 2 * b * d)))
+        let (b, per_sample, d) = sizes(la)?;
+        let out = dispatch!(self.name(), (sa, la), (sv, lv), (sg, lg) => |a, v, g| self.run(a, v, g, per_sample, d));
+        Ok((out, Shape::from(b * per_sample + self.sums() * b * d)))
     }
 }
 
@@ -183,55 +208,10 @@ impl CustomOp3 for GatedAdd {
         _y: &Tensor,
         g: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (n, bd) = (h.elem_count(), gate.elem_count());
-        let packed = h.apply_op3_no_bwd(gate, &g.contiguous()?, &GatedAddBwd)?;
-        let gh = packed.narrow(0, 0, n)?.reshape(h.shape())?;
-        let ggate = packed.narrow(0, n, bd)?.reshape(gate.shape())?;
+        let (gh, sums) = Backward { modulate: false }.apply(h, gate, g)?;
+        let ggate = sums.reshape(gate.shape())?;
         // the residual's gradient is the output's: handed on as it is (Candle tensors are immutable)
         Ok((Some(g.detach()), Some(gh), Some(ggate)))
-    }
-}
-
-/// (h, gate, g) → packed `[∂h (B·N·D) | ∂gate (B·D)]`.
-struct GatedAddBwd;
-
-impl GatedAddBwd {
-    fn run<T: Real>(h: &[T], gate: &[T], g: &[T], per_sample: usize, d: usize) -> Vec<T> {
-        let b = h.len() / per_sample;
-        let mut out = vec![T::from_f64(0.0); h.len() + b * d];
-        let (gh, ggate) = out.split_at_mut(h.len());
-        gh.par_chunks_mut(per_sample).zip(ggate.par_chunks_mut(d)).enumerate().for_each(|(s, (ghs, gga))| {
-            let gate = &gate[s * d..][..d];
-            let (hs, gs) = (&h[s * per_sample..][..per_sample], &g[s * per_sample..][..per_sample]);
-            for ((ghr, hr), gr) in ghs.chunks_exact_mut(d).zip(hs.chunks_exact(d)).zip(gs.chunks_exact(d)) {
-                for i in 0..d {
-                    ghr[i] = gr[i] * gate[i];
-                    gga[i] = gga[i] + gr[i] * hr[i];
-                }
-            }
-        });
-        out
-    }
-}
-
-impl CustomOp3 for GatedAddBwd {
-    fn name(&self) -> &'static str {
-        "gen-gated-add-bwd"
-    }
-
-    fn cpu_fwd(
-        &self,
-        sh: &CpuStorage,
-        lh: &Layout,
-        s1: &CpuStorage,
-        l1: &Layout,
-        sg: &CpuStorage,
-        lg: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let (b, per_sample, d) = sizes(lh)?;
-        let out =
-            dispatch!(self.name(), (sh, lh), (s1, l1), (sg, lg) => |h, gate, g| Self::run(h, gate, g, per_sample, d));
-        Ok((out, Shape::from(b * per_sample + b * d)))
     }
 }
 
