@@ -13,6 +13,8 @@ Measured items (float32, CPU, `torch.manual_seed(0)`):
     projected codebook P = projector(codebook) computed once before timing.
   * tok_train_step_b4: x [4,3,128,128], train mode, P recomputed in the step,
     loss = L1(x, decode(z_q)) + 0.1 * qloss, backward (no optimizer step).
+  * nearest_codes_100k: 64,000 8-d latents against 100,000 codes (the demo
+    tokenizer's search over 1,000 images), 4,096 rows per distance block.
 The tokenizer is the VQGAN-LC f16 configuration (ch 128, ch_mult 1,1,2,2,4, two
 res blocks, attention at resolution 16, z 256, 8-d codes, 100,000 x 768
 codebook) with random default-init weights.
@@ -268,6 +270,21 @@ def train_step_setup():
 
 
 ITEMS["tok_train_step_b4"] = (train_step_setup, 3)
+
+
+def nearest_codes_setup():
+    """64,000 8-d latents against 100,000 codes: argmin of ||c||^2 - 2 z c^T (||z||^2 leaves the
+    argmin alone), 4,096 rows at a time (the official one-shot [M, N] matrix would need 25.6 GB)."""
+    z, c = torch.randn(64_000, 8), torch.randn(100_000, 8)
+
+    def run():
+        with torch.no_grad():
+            cn = (c * c).sum(1)
+            return torch.cat([torch.argmin(cn[None] - 2 * zb @ c.T, 1) for zb in z.split(4096)])
+    return run, None
+
+
+ITEMS["nearest_codes_100k"] = (nearest_codes_setup, 3)
 
 
 # --- row ops on [4096, 256] (16 heads x 256 tokens of attention scores) -----------------------------

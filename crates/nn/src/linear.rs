@@ -36,16 +36,7 @@ impl Module for Linear {
         let x2 = x.reshape((rows, in_dim))?;
         // one product over all rows: the weights streamed for a few rows (decoding), a GEMM from the
         // bias rows otherwise
-        let y = if crate::kernels::skinny::applies(&x2, &self.weight) {
-            let y = crate::kernels::skinny::x_wt(&x2, &self.weight)?;
-            match &self.bias {
-                Some(b) if b.dtype() != y.dtype() => y.broadcast_add(&b.to_dtype(y.dtype())?)?,
-                Some(b) => y.broadcast_add(b)?,
-                None => y,
-            }
-        } else {
-            crate::kernels::linear(&x2, &self.weight, self.bias.as_ref())?
-        };
+        let y = crate::kernels::linear(&x2, &self.weight, self.bias.as_ref())?;
         let mut out = dims.to_vec();
         *out.last_mut().expect("checked above") = out_dim;
         y.reshape(out)

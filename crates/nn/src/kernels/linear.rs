@@ -18,9 +18,29 @@ use super::real::Real;
 const COLUMNS_PER_TASK: usize = 256;
 
 /// `x [m, k] · wᵀ + b` for `w [n, k]`, `b [n]`, in x's dtype (w and b are converted when they differ,
-/// as half-precision weights under f32 activations): the fused op on CPU f32/f64, Candle's
-/// composition elsewhere.
+/// as half-precision weights under f32 activations), the one entry point for x·Wᵀ: the streaming
+/// kernel (`skinny`) for up to 32 rows, the fused GEMM op on CPU f32/f64 beyond, Candle's composition
+/// elsewhere.
 pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+    if let ([_, k], [n, kw]) = (x.dims(), w.dims()) {
+        if k != kw || b.is_some_and(|b| b.dims() != [*n]) {
+            candle_core::bail!(
+                "linear: input {:?}, weight {:?} and bias {:?} do not fit",
+                x.dims(),
+                w.dims(),
+                b.map(|b| b.dims().to_vec())
+            );
+        }
+    }
+    if super::skinny::applies(x, w) {
+        // a few rows (decoding): the weights streamed once, half precision read as it is stored
+        let y = super::skinny::x_wt(x, w)?;
+        return match b {
+            Some(b) if b.dtype() != y.dtype() => y.broadcast_add(&b.to_dtype(y.dtype())?),
+            Some(b) => y.broadcast_add(b),
+            None => Ok(y),
+        };
+    }
     let in_x_dtype = |t: &Tensor| if t.dtype() == x.dtype() { Ok(t.clone()) } else { t.to_dtype(x.dtype()) };
     let w = &in_x_dtype(w)?;
     let b = b.map(in_x_dtype).transpose()?;
@@ -32,16 +52,6 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
             Some(b) => y.broadcast_add(b),
             None => Ok(y),
         };
-    }
-    let (_, k) = x.dims2()?;
-    let (n, kw) = w.dims2()?;
-    if k != kw || b.is_some_and(|b| b.dims() != [n]) {
-        candle_core::bail!(
-            "linear: input {:?}, weight {:?} and bias {:?} do not fit",
-            x.dims(),
-            w.dims(),
-            b.map(|b| b.dims().to_vec())
-        );
     }
     let (x, w) = (x.contiguous()?, w.contiguous()?);
     match b {

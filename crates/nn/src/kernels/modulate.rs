@@ -11,19 +11,17 @@ use rayon::prelude::*;
 
 use super::real::Real;
 
-/// Whether the fused ops apply: CPU, one float dtype, x [B, N, D] with [B, D] vectors.
-fn applies(x: &Tensor, a: &Tensor, b: &Tensor) -> bool {
+/// Whether the fused ops apply: CPU, one float dtype, x [B, N, D] with per-sample `vectors` [B, D].
+fn applies(x: &Tensor, vectors: &[&Tensor]) -> bool {
     x.device().is_cpu()
         && matches!(x.dtype(), DType::F32 | DType::F64)
-        && a.dtype() == x.dtype()
-        && b.dtype() == x.dtype()
         && x.rank() == 3
-        && a.dims() == [x.dims()[0], x.dims()[2]]
+        && vectors.iter().all(|v| v.dtype() == x.dtype() && v.dims() == [x.dims()[0], x.dims()[2]])
 }
 
 /// `x·(1 + scale) + shift` for x [B, N, D], shift and scale [B, D].
 pub fn modulate(x: &Tensor, shift: &Tensor, scale: &Tensor) -> Result<Tensor> {
-    if applies(x, shift, scale) && scale.dims() == shift.dims() {
+    if applies(x, &[shift, scale]) {
         return x.contiguous()?.apply_op3(&shift.contiguous()?, &scale.contiguous()?, Modulate);
     }
     x.broadcast_mul(&(scale.unsqueeze(1)? + 1.0)?)?.broadcast_add(&shift.unsqueeze(1)?)
@@ -31,7 +29,7 @@ pub fn modulate(x: &Tensor, shift: &Tensor, scale: &Tensor) -> Result<Tensor> {
 
 /// `x + h·gate` for x and h [B, N, D], gate [B, D].
 pub fn gated_add(x: &Tensor, h: &Tensor, gate: &Tensor) -> Result<Tensor> {
-    if applies(x, gate, gate) && h.dims() == x.dims() && h.dtype() == x.dtype() {
+    if applies(x, &[gate]) && h.dims() == x.dims() && h.dtype() == x.dtype() {
         return x.contiguous()?.apply_op3(&h.contiguous()?, &gate.contiguous()?, GatedAdd);
     }
     x + h.broadcast_mul(&gate.unsqueeze(1)?)?

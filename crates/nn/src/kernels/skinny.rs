@@ -262,16 +262,19 @@ pub fn applies(x: &Tensor, w: &Tensor) -> bool {
         && x.dims()[0] <= MAX_ROWS
 }
 
-/// `x [m, k] · wᵀ` for `w [n, k]`, in x's dtype: the streaming kernel where [`applies`], Candle's
-/// `matmul` elsewhere (with `w` converted to x's dtype when they differ).
+/// `x [m, k] · wᵀ` for `w [n, k]`, in x's dtype, on the streaming kernel; only where [`applies`]
+/// (`kernels::linear`, the one entry point for x·Wᵀ, chooses between this and the GEMM).
 pub fn x_wt(x: &Tensor, w: &Tensor) -> Result<Tensor> {
-    if applies(x, w) {
-        x.contiguous()?.apply_op2(&w.contiguous()?, XWt)
-    } else if x.dtype() != w.dtype() {
-        x.matmul(&w.to_dtype(x.dtype())?.t()?)
-    } else {
-        x.matmul(&w.t()?)
+    if !applies(x, w) {
+        candle_core::bail!(
+            "skinny x·Wᵀ: x {:?} {:?} against w {:?} {:?} is not a streaming shape (use kernels::linear)",
+            x.dims(),
+            x.dtype(),
+            w.dims(),
+            w.dtype()
+        );
     }
+    x.contiguous()?.apply_op2(&w.contiguous()?, XWt)
 }
 
 #[cfg(test)]
@@ -314,11 +317,12 @@ mod tests {
     fn f32_activations_against_half_weights_give_f32() {
         let mut r = Rng::new(5);
         let dev = Device::Cpu;
+        // through the one entry point: the streaming kernel up to MAX_ROWS, the GEMM beyond
         for (m, k, n) in [(1, 40, 9), (6, 1030, 67), (MAX_ROWS + 1, 24, 5)] {
             let x = r.randn((m, k), 1.0, &dev).unwrap();
             for dtype in [DType::F16, DType::BF16] {
                 let w = r.randn((n, k), 1.0, &dev).unwrap().to_dtype(dtype).unwrap();
-                let got = x_wt(&x, &w).unwrap();
+                let got = crate::kernels::linear(&x, &w, None).unwrap();
                 assert_eq!(got.dtype(), DType::F32);
                 let want = x.matmul(&w.to_dtype(DType::F32).unwrap().t().unwrap()).unwrap();
                 let e = max_rel(&got, &want);
@@ -344,12 +348,16 @@ mod tests {
     }
 
     #[test]
-    fn more_rows_than_the_limit_or_f64_take_matmul() {
+    fn more_rows_than_the_limit_or_f64_are_not_streamed() {
         let dev = Device::Cpu;
         let w = Tensor::ones((4, 8), DType::F32, &dev).unwrap();
-        assert!(!applies(&Tensor::ones((MAX_ROWS + 1, 8), DType::F32, &dev).unwrap(), &w));
+        let many = Tensor::ones((MAX_ROWS + 1, 8), DType::F32, &dev).unwrap();
+        assert!(!applies(&many, &w));
         assert!(!applies(&Tensor::ones((2, 8), DType::F64, &dev).unwrap(), &w.to_dtype(DType::F64).unwrap()));
-        let y = x_wt(&Tensor::ones((MAX_ROWS + 1, 8), DType::F32, &dev).unwrap(), &w).unwrap();
+        let err = x_wt(&many, &w).unwrap_err().to_string();
+        assert!(err.contains("not a streaming shape"), "{err}");
+        // the entry point takes them to the GEMM
+        let y = crate::kernels::linear(&many, &w, None).unwrap();
         assert_eq!(y.dims(), &[MAX_ROWS + 1, 4]);
         assert_eq!(y.to_vec2::<f32>().unwrap()[0], vec![8.0; 4]);
     }

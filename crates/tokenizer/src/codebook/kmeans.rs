@@ -178,35 +178,235 @@ fn sq_dist(a: &[f32], b: &[f32]) -> f64 {
     a.iter().zip(b).map(|(&p, &q)| (p - q) * (p - q)).sum::<f32>() as f64
 }
 
-/// The nearest centre of every point and its squared distance: ‖x‖² − 2 x·c + ‖c‖², block by block.
+/// Points per parallel task of `assign`.
+const ASSIGN_ROWS: usize = 64;
+/// Centres per tile of `assign`: a task sweeps its points over one tile (a 64 × 2048 distance block,
+/// 512 KiB, or the tile's coordinates in the small-dimension path) while the tile stays in L2.
+const ASSIGN_TILE: usize = 2048;
+/// Up to this dimension the distances are formed in registers (`argmin_fused`): a GEMM with an inner
+/// dimension of 8 (the tokenizers' codes) stores and reloads every distance for a handful of FMAs.
+const SMALL_D: usize = 16;
+/// Lanes of the vectorised argmin (one AVX-512 register of f32).
+const LANES: usize = 16;
+/// Points that share each load of the centres' coordinates in the register path.
+const ROWS_AT_ONCE: usize = 4;
+
+/// The nearest centre of every point and its squared distance: ‖x‖² − 2 x·c + ‖c‖², tile by tile.
+/// Ties keep the first centre (`torch.argmin`'s rule).
 pub fn assign(x: &[f32], d: usize, centres: &[f32]) -> (Vec<u32>, Vec<f32>) {
     let k = centres.len() / d;
     let n = x.len() / d;
     let c_norm: Vec<f32> = centres.chunks_exact(d).map(|c| c.iter().map(|v| v * v).sum()).collect();
-    let rows = ((16usize << 20) / k.max(1)).clamp(1, 4096);
     let mut labels = vec![0u32; n];
     let mut dist = vec![0f32; n];
+    let small = (d <= SMALL_D).then(|| Interleaved::new(centres, &c_norm, d));
+    let tile = ASSIGN_TILE.min(k.max(1));
     gen_nn::kernels::gemm::serial(|| {
-        labels.par_chunks_mut(rows).zip(dist.par_chunks_mut(rows)).enumerate().for_each(|(b, (lab, dst))| {
-            let xb = &x[b * rows * d..(b * rows + lab.len()) * d];
-            let mut g = vec![0f32; lab.len() * k];
-            gen_nn::kernels::gemm::matmul_abt(lab.len(), k, d, xb, centres, &mut g);
-            for (r, (l, out)) in lab.iter_mut().zip(dst.iter_mut()).enumerate() {
-                let row = &g[r * k..(r + 1) * k];
-                let (mut best, mut best_v) = (0usize, f32::INFINITY);
-                for (j, (&gj, &cn)) in row.iter().zip(&c_norm).enumerate() {
-                    let v = cn - 2.0 * gj;
-                    if v < best_v {
-                        (best, best_v) = (j, v);
+        labels.par_chunks_mut(ASSIGN_ROWS).zip(dist.par_chunks_mut(ASSIGN_ROWS)).enumerate().for_each_init(
+            || vec![0f32; if small.is_some() { 0 } else { ASSIGN_ROWS * tile }],
+            |g, (b, (lab, dst))| {
+                let rows = lab.len();
+                let xb = &x[b * ASSIGN_ROWS * d..(b * ASSIGN_ROWS + rows) * d];
+                let mut best = vec![(f32::INFINITY, 0u32); rows];
+                for start in (0..k).step_by(tile) {
+                    let len = tile.min(k - start);
+                    let keep = |b: &mut (f32, u32), (j, v): (usize, f32)| {
+                        // strict: a tie with an earlier tile keeps the earlier (first) centre
+                        if v < b.0 {
+                            *b = (v, (start + j) as u32);
+                        }
+                    };
+                    if let Some(il) = &small {
+                        for (ps, bs) in xb.chunks(ROWS_AT_ONCE * d).zip(best.chunks_mut(ROWS_AT_ONCE)) {
+                            for (b, found) in bs.iter_mut().zip(il.argmin(ps, start, len)) {
+                                keep(b, found);
+                            }
+                        }
+                        continue;
+                    }
+                    let g = &mut g[..rows * len];
+                    gen_nn::kernels::gemm::matmul_abt(rows, len, d, xb, &centres[start * d..(start + len) * d], g);
+                    for (r, b) in best.iter_mut().enumerate() {
+                        keep(b, argmin_shifted(&g[r * len..(r + 1) * len], &c_norm[start..start + len]));
                     }
                 }
-                let xn: f32 = xb[r * d..(r + 1) * d].iter().map(|v| v * v).sum();
-                *l = best as u32;
-                *out = (xn + best_v).max(0.0);
-            }
-        });
+                for (r, ((l, out), (v, j))) in lab.iter_mut().zip(dst.iter_mut()).zip(best).enumerate() {
+                    let xn: f32 = xb[r * d..(r + 1) * d].iter().map(|v| v * v).sum();
+                    *l = j;
+                    *out = (xn + v).max(0.0);
+                }
+            },
+        );
     });
     (labels, dist)
+}
+
+/// Per-lane minimum and the first index reaching it, folded into the first overall minimum.
+struct LaneMin {
+    acc: [f32; LANES],
+    at: [u32; LANES],
+}
+
+impl LaneMin {
+    fn new() -> Self {
+        Self { acc: [f32::INFINITY; LANES], at: [0; LANES] }
+    }
+
+    /// Offer the values of indices `base .. base + LANES`. Selects, not branches, so it vectorises;
+    /// NaN never replaces.
+    #[inline(always)]
+    fn offer(&mut self, v: &[f32; LANES], base: usize) {
+        for (l, ((&v, acc), at)) in v.iter().zip(&mut self.acc).zip(&mut self.at).enumerate() {
+            let lt = v < *acc;
+            *acc = if lt { v } else { *acc };
+            *at = if lt { (base + l) as u32 } else { *at };
+        }
+    }
+
+    /// The smallest index among the lanes holding the least value (index 0 and +∞ when nothing finite
+    /// was offered).
+    fn first_min(&self) -> (usize, f32) {
+        let (mut best, mut best_v) = (0usize, f32::INFINITY);
+        for (&v, &j) in self.acc.iter().zip(&self.at) {
+            if v < best_v || (v == best_v && v < f32::INFINITY && (j as usize) < best) {
+                (best, best_v) = (j as usize, v);
+            }
+        }
+        (best, best_v)
+    }
+}
+
+/// The first index minimising `cn[j] − 2 g[j]`, and that minimum (index 0 and +∞ when every value is
+/// NaN): a lane-wise pass (a running index in one scalar loop does not vectorise), then the tail.
+fn argmin_shifted(g: &[f32], cn: &[f32]) -> (usize, f32) {
+    let mut lanes = LaneMin::new();
+    for (c, (gs, cs)) in g.chunks_exact(LANES).zip(cn.chunks_exact(LANES)).enumerate() {
+        let mut v = [0f32; LANES];
+        for ((v, &c), &g) in v.iter_mut().zip(cs).zip(gs) {
+            *v = c - 2.0 * g;
+        }
+        lanes.offer(&v, c * LANES);
+    }
+    let (mut best, mut best_v) = lanes.first_min();
+    for j in g.len() - g.len() % LANES..g.len() {
+        let v = cn[j] - 2.0 * g[j];
+        if v < best_v {
+            (best, best_v) = (j, v);
+        }
+    }
+    (best, best_v)
+}
+
+/// Centres of a small dimension laid out for `argmin_fused`: blocks of `LANES` centres, each block
+/// coordinate-major (`coords[(blk·d + t)·LANES + l]` is coordinate t of centre blk·LANES + l), with
+/// ‖c‖² beside; the last block is padded with centres at +∞ that never win.
+struct Interleaved {
+    coords: Vec<f32>,
+    norms: Vec<f32>,
+    d: usize,
+}
+
+impl Interleaved {
+    fn new(centres: &[f32], norms: &[f32], d: usize) -> Self {
+        let k = norms.len();
+        let blocks = k.div_ceil(LANES);
+        let mut coords = vec![0f32; blocks * d * LANES];
+        let mut padded = vec![f32::INFINITY; blocks * LANES];
+        padded[..k].copy_from_slice(norms);
+        for (j, c) in centres.chunks_exact(d).enumerate() {
+            let (blk, l) = (j / LANES, j % LANES);
+            for (t, &v) in c.iter().enumerate() {
+                coords[(blk * d + t) * LANES + l] = v;
+            }
+        }
+        Self { coords, norms: padded, d }
+    }
+
+    /// `argmin_shifted` over centres `start .. start + len` (`start` a multiple of `LANES`) for up to
+    /// `ROWS_AT_ONCE` points (`ps`, row-major), every distance formed in registers: ‖c‖² − 2 x·c as d
+    /// fused multiply-adds per lane, each coordinate load shared by the points.
+    fn argmin(&self, ps: &[f32], start: usize, len: usize) -> [(usize, f32); ROWS_AT_ONCE] {
+        debug_assert_eq!(start % LANES, 0);
+        let mut m2 = [[0f32; SMALL_D]; ROWS_AT_ONCE];
+        for (m, p) in m2.iter_mut().zip(ps.chunks_exact(self.d)) {
+            for (m, &v) in m.iter_mut().zip(p) {
+                *m = -2.0 * v;
+            }
+        }
+        let blocks = (start / LANES, (start + len).div_ceil(LANES));
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx512f") {
+            // SAFETY: AVX-512F is present; the blocks lie inside `coords` and `norms`
+            return unsafe { self.argmin_avx512(&m2, blocks) };
+        }
+        self.argmin_portable(&m2, blocks)
+    }
+
+    /// The reference: the same arithmetic in plain loops.
+    fn argmin_portable(
+        &self,
+        m2: &[[f32; SMALL_D]; ROWS_AT_ONCE],
+        (b0, b1): (usize, usize),
+    ) -> [(usize, f32); ROWS_AT_ONCE] {
+        let d = self.d;
+        let mut lanes: [LaneMin; ROWS_AT_ONCE] = std::array::from_fn(|_| LaneMin::new());
+        for blk in b0..b1 {
+            let norms: &[f32; LANES] = self.norms[blk * LANES..(blk + 1) * LANES].try_into().unwrap();
+            for (m, lanes) in m2.iter().zip(lanes.iter_mut()) {
+                let mut v = *norms;
+                for (t, &m) in m[..d].iter().enumerate() {
+                    let c = &self.coords[(blk * d + t) * LANES..][..LANES];
+                    for l in 0..LANES {
+                        v[l] = m.mul_add(c[l], v[l]);
+                    }
+                }
+                lanes.offer(&v, (blk - b0) * LANES);
+            }
+        }
+        lanes.map(|l| l.first_min())
+    }
+
+    /// # Safety
+    /// AVX-512F is available and blocks `b0 .. b1` lie inside `coords` and `norms`.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    #[allow(clippy::needless_range_loop)] // t and r index two arrays each: registers and coordinates
+    unsafe fn argmin_avx512(
+        &self,
+        m2: &[[f32; SMALL_D]; ROWS_AT_ONCE],
+        (b0, b1): (usize, usize),
+    ) -> [(usize, f32); ROWS_AT_ONCE] {
+        use std::arch::x86_64::*;
+        let d = self.d;
+        let mut acc = [_mm512_set1_ps(f32::INFINITY); ROWS_AT_ONCE];
+        let mut at = [_mm512_setzero_si512(); ROWS_AT_ONCE];
+        let mut idx = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+        let step = _mm512_set1_epi32(LANES as i32);
+        for blk in b0..b1 {
+            let norms = _mm512_loadu_ps(self.norms.as_ptr().add(blk * LANES));
+            let mut v = [norms; ROWS_AT_ONCE];
+            let coords = self.coords.as_ptr().add(blk * d * LANES);
+            for t in 0..d {
+                let c = _mm512_loadu_ps(coords.add(t * LANES));
+                for r in 0..ROWS_AT_ONCE {
+                    v[r] = _mm512_fmadd_ps(_mm512_set1_ps(m2[r][t]), c, v[r]);
+                }
+            }
+            for r in 0..ROWS_AT_ONCE {
+                // ordered <: NaN never replaces, as `LaneMin::offer`
+                let lt = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(v[r], acc[r]);
+                acc[r] = _mm512_mask_mov_ps(acc[r], lt, v[r]);
+                at[r] = _mm512_mask_mov_epi32(at[r], lt, idx);
+            }
+            idx = _mm512_add_epi32(idx, step);
+        }
+        std::array::from_fn(|r| {
+            let mut lanes = LaneMin::new();
+            _mm512_storeu_ps(lanes.acc.as_mut_ptr(), acc[r]);
+            _mm512_storeu_si512(lanes.at.as_mut_ptr() as *mut __m512i, at[r]);
+            lanes.first_min()
+        })
+    }
 }
 
 /// The means of the clusters; an empty cluster takes the point farthest from its centre that no other
@@ -304,21 +504,82 @@ mod tests {
         assert_eq!(seen.len(), r.iterations);
     }
 
-    #[test]
-    fn assignment_matches_brute_force() {
-        let mut rng = Rng::new(4);
-        let (n, k, d) = (1000, 37, 9);
+    /// Checks `assign` against brute force in f64; every centre appears twice (at j and j + k/2), so
+    /// the first copy must win.
+    fn check_assign(n: usize, half: usize, d: usize, seed: u64) {
+        let mut rng = Rng::new(seed);
         let x: Vec<f32> = (0..n * d).map(|_| rng.normal() as f32).collect();
-        let c: Vec<f32> = (0..k * d).map(|_| rng.normal() as f32).collect();
+        let mut c: Vec<f32> = (0..half * d).map(|_| rng.normal() as f32).collect();
+        c.extend_from_within(..);
         let (labels, dist) = assign(&x, d, &c);
         for i in 0..n {
             let p = &x[i * d..(i + 1) * d];
             let ds: Vec<f64> = c.chunks_exact(d).map(|cj| sq_dist(p, cj)).collect();
             let best = ds.iter().cloned().fold(f64::INFINITY, f64::min);
+            assert!((labels[i] as usize) < half, "d {d}: point {i} took the second copy {}", labels[i]);
             // the chosen centre is the nearest up to f32 rounding of the expanded form
-            assert!(ds[labels[i] as usize] <= best + 1e-4, "point {i}");
-            assert!((f64::from(dist[i]) - best).abs() < 1e-3 * (1.0 + best), "point {i}");
+            assert!(ds[labels[i] as usize] <= best + 1e-4, "d {d}: point {i}");
+            assert!((f64::from(dist[i]) - best).abs() < 1e-3 * (1.0 + best), "d {d}: point {i}");
         }
+    }
+
+    #[test]
+    fn assignment_matches_brute_force() {
+        // the register path (d ≤ 16) and the GEMM path, ragged against the 16 lanes
+        for (d, seed) in [(9, 4), (1, 5), (16, 6), (17, 7), (33, 8)] {
+            check_assign(1000, 37, d, seed);
+        }
+    }
+
+    #[test]
+    fn assignment_across_tiles_keeps_the_first_of_tied_centres() {
+        // more centres than one tile (the far copies in later tiles), more points than one task
+        for d in [3, 8, 20] {
+            check_assign(300, ASSIGN_TILE + 77, d, 6);
+        }
+    }
+
+    #[test]
+    fn the_register_path_kernels_agree_with_each_other() {
+        // the AVX-512 kernel (where present) against the portable reference, bit for bit: same FMAs in
+        // the same order; ragged centre count, ties (duplicated centres) and a NaN point
+        let mut rng = Rng::new(9);
+        for d in [1, 8, 16] {
+            let k = 3 * LANES + 5;
+            let mut c: Vec<f32> = (0..(k - 4) * d).map(|_| rng.normal() as f32).collect();
+            c.extend_from_within(..4 * d);
+            let norms: Vec<f32> = c.chunks_exact(d).map(|c| c.iter().map(|v| v * v).sum()).collect();
+            let il = Interleaved::new(&c, &norms, d);
+            let mut ps: Vec<f32> = (0..ROWS_AT_ONCE * d).map(|_| rng.normal() as f32).collect();
+            ps[d] = f32::NAN;
+            let (got, want) = (il.argmin(&ps, 0, k), {
+                let mut m2 = [[0f32; SMALL_D]; ROWS_AT_ONCE];
+                for (m, p) in m2.iter_mut().zip(ps.chunks_exact(d)) {
+                    for (m, &v) in m.iter_mut().zip(p) {
+                        *m = -2.0 * v;
+                    }
+                }
+                il.argmin_portable(&m2, (0, k.div_ceil(LANES)))
+            });
+            for (g, w) in got.iter().zip(&want) {
+                assert_eq!(g.0, w.0, "d {d}");
+                assert!(g.1 == w.1 || (g.1.is_nan() && w.1.is_nan()), "d {d}: {g:?} {w:?}");
+            }
+            assert_eq!(got[1], (0, f32::INFINITY), "a NaN point takes centre 0");
+        }
+    }
+
+    #[test]
+    fn argmin_takes_the_first_minimum_and_survives_nan() {
+        let cn = vec![1.0f32; 40];
+        let mut g = vec![0.0f32; 40];
+        g[33] = 0.5; // value 0 at 33 and 37, 1 elsewhere
+        g[37] = 0.5;
+        assert_eq!(argmin_shifted(&g, &cn), (33, 0.0));
+        g[5] = f32::NAN;
+        assert_eq!(argmin_shifted(&g, &cn), (33, 0.0));
+        let (j, v) = argmin_shifted(&[f32::NAN; 20], &[0.0; 20]);
+        assert_eq!((j, v), (0, f32::INFINITY));
     }
 
     #[test]
