@@ -52,9 +52,9 @@ pub(crate) mod winograd;
 
 use candle_core::{Result, Tensor};
 
-/// Whether the CPU has AVX-512F (detected once): the `gemm` crate's `x86-v4` kernels and
-/// `skinny`'s streaming product use it.
-pub(crate) fn avx512() -> bool {
+/// Whether the CPU has AVX-512F (detected once): the `gemm` crate's `x86-v4` kernels, `skinny`'s
+/// streaming product and the tokenizer's nearest-code search use it.
+pub fn avx512() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();

@@ -335,7 +335,7 @@ impl Interleaved {
         }
         let blocks = (start / LANES, (start + len).div_ceil(LANES));
         #[cfg(target_arch = "x86_64")]
-        if std::is_x86_feature_detected!("avx512f") {
+        if gen_nn::kernels::avx512() {
             // SAFETY: AVX-512F is present; the blocks lie inside `coords` and `norms`
             return unsafe { self.argmin_avx512(&m2, blocks) };
         }
