@@ -102,10 +102,22 @@ fn every_quantizer_trains_and_its_model_reports_utilisation() {
         }
         let hist = dir.join(format!("usage-{kind}.png"));
         let model = run.join("model");
-        let out =
-            ok(gen(&["utilization", "--quiet", "--tokenizer", s(&model), "--data", s(&data), "--histogram", s(&hist)]));
+        let curve = dir.join(format!("curve-{kind}.png"));
+        let out = ok(gen(&[
+            "utilization",
+            "--quiet",
+            "--tokenizer",
+            s(&model),
+            "--data",
+            s(&data),
+            "--histogram",
+            s(&hist),
+            "--curve",
+            s(&curve),
+        ]));
         assert!(out.contains("of 64 codes active") && out.contains("768 tokens of 12 images at 16²"), "{kind}: {out}");
-        assert!(hist.exists());
+        assert!(out.contains("Chao1 estimate of the codes this tokenizer reaches"), "{kind}: {out}");
+        assert!(hist.exists() && curve.exists());
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
